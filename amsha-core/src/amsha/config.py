@@ -1,0 +1,325 @@
+"""Config first: pydantic models for ``amsha.yaml`` / ``amsha.toml`` / a dict.
+
+Every mistake is reported as a :class:`~amsha.errors.ConfigError` that names the file,
+the key path (``tasks.write.agent``) and what was expected. Environment variables of the
+form ``AMSHA__KEY__SUBKEY=value`` override keys (values are parsed as JSON when they can
+be, so ``AMSHA__RETRY__MAX_RETRIES=5`` is an int). Secrets are never in config: only the
+names of the environment variables that hold them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "AgentSpec",
+    "AmshaConfig",
+    "BackendConfig",
+    "ProviderConfig",
+    "RetryConfig",
+    "TaskSpec",
+    "format_validation_error",
+    "load_config",
+]
+
+ENV_PREFIX = "AMSHA__"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetryConfig(_Strict):
+    """Amsha's single retry policy for LLM calls.
+
+    Only retryable errors are retried (408, 409, 429, 5xx, timeouts, connection errors),
+    never after the first streamed token. The wait is exponential backoff with full jitter,
+    or the server's Retry-After when it gives one (up to ``max_retry_after_s``; a longer
+    Retry-After fails the call at once instead of waiting).
+    """
+
+    max_retries: int = Field(2, ge=0, le=100, description="retries after the first attempt")
+    initial_backoff_s: float = Field(0.5, ge=0)
+    max_backoff_s: float = Field(8.0, ge=0)
+    jitter: bool = True
+    max_retry_after_s: float = Field(60.0, ge=0)
+
+
+class BackendConfig(_Strict):
+    """A backend chosen by name, with its options (validated by the backend's own model)."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class ProviderConfig(BackendConfig):
+    """The LLM provider: backend ``name``, default ``model``, ``options`` and ``retry``."""
+
+    name: str = "scripted"
+    model: str | None = None
+    retry: RetryConfig | None = None
+
+
+class LLMConfig(_Strict):
+    """A named LLM. Unset fields inherit from the top-level ``provider``; ``options`` merge."""
+
+    provider: str | None = None
+    model: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    retry: RetryConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_model(cls, value: Any) -> Any:
+        return {"model": value} if isinstance(value, str) else value
+
+
+class AgentSpec(_Strict):
+    """An agent: who it is (role, goal, backstory), which LLM it uses, which tools it may call.
+
+    ``options`` are handed to the orchestrator untouched (framework-specific settings).
+    """
+
+    name: str = ""
+    role: str
+    goal: str
+    backstory: str = ""
+    llm: str | None = None
+    tools: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskSpec(_Strict):
+    """A task: what to do, what a good answer looks like, which agent does it.
+
+    ``context`` names earlier tasks whose outputs this one receives; ``output_schema`` asks
+    for structured (JSON schema) output.
+    """
+
+    name: str = ""
+    description: str
+    expected_output: str = ""
+    agent: str
+    context: list[str] = Field(default_factory=list)
+    tools: list[str] = Field(default_factory=list)
+    output_schema: dict[str, Any] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class AmshaConfig(_Strict):
+    """The whole config. Every section has a default, so ``{}`` is a valid config."""
+
+    provider: ProviderConfig = Field(default_factory=ProviderConfig)
+    llms: dict[str, LLMConfig] = Field(default_factory=dict)
+    orchestrator: BackendConfig = Field(default_factory=lambda: BackendConfig(name="direct"))
+    state: BackendConfig = Field(default_factory=lambda: BackendConfig(name="memory"))
+    observers: list[BackendConfig] = Field(default_factory=list)
+    agents: dict[str, AgentSpec] = Field(default_factory=dict)
+    tasks: dict[str, TaskSpec] = Field(default_factory=dict)
+    pipeline: list[str] | None = None
+    tools: dict[str, str] = Field(default_factory=dict, description="tool name -> 'module:callable'")
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+
+    @model_validator(mode="after")
+    def _names_and_refs(self) -> AmshaConfig:
+        problems: list[tuple[str, str]] = []
+        for name, agent in self.agents.items():
+            agent.name = name
+            if agent.llm is not None and agent.llm not in self.llms:
+                problems.append((f"agents.{name}.llm", f"unknown llm {agent.llm!r}; expected one of: {_names(self.llms)}"))
+            for i, tool in enumerate(agent.tools):
+                if tool not in self.tools:
+                    problems.append((f"agents.{name}.tools[{i}]", f"unknown tool {tool!r}; declare it under 'tools'"))
+        order = list(self.tasks)
+        for name, task in self.tasks.items():
+            task.name = name
+            if task.agent not in self.agents:
+                problems.append((f"tasks.{name}.agent", f"unknown agent {task.agent!r}; expected one of: {_names(self.agents)}"))
+            for i, ref in enumerate(task.context):
+                if ref not in self.tasks:
+                    problems.append((f"tasks.{name}.context[{i}]", f"unknown task {ref!r}; expected one of: {_names(self.tasks)}"))
+                elif order.index(ref) >= order.index(name) and not self.pipeline:
+                    problems.append((f"tasks.{name}.context[{i}]", f"task {ref!r} must come before {name!r}"))
+            for i, tool in enumerate(task.tools):
+                if tool not in self.tools:
+                    problems.append((f"tasks.{name}.tools[{i}]", f"unknown tool {tool!r}; declare it under 'tools'"))
+        for i, ref in enumerate(self.pipeline or []):
+            if ref not in self.tasks:
+                problems.append((f"pipeline[{i}]", f"unknown task {ref!r}; expected one of: {_names(self.tasks)}"))
+        for name, path in self.tools.items():
+            if ":" not in path:
+                problems.append((f"tools.{name}", f"expected 'module:callable', got {path!r}"))
+        if problems:
+            raise _RefErrors(problems)
+        return self
+
+
+class _RefErrors(ValueError):
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{k}: {m}" for k, m in problems))
+
+
+def _names(mapping: Mapping[str, Any]) -> str:
+    return ", ".join(mapping) or "(none defined)"
+
+
+def format_validation_error(err: ValidationError, *, prefix: str = "") -> list[tuple[str, str]]:
+    """Turn a pydantic error into ``(key_path, message)`` pairs."""
+    problems: list[tuple[str, str]] = []
+    for e in err.errors(include_url=False):
+        ctx_err = (e.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _RefErrors):
+            problems.extend((_join(prefix, k), m) for k, m in ctx_err.problems)
+            continue
+        path = ""
+        for part in e["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        key = _join(prefix, path)
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            got = e.get("input")
+            shown = repr(got) if not isinstance(got, dict | list) or len(repr(got)) < 60 else type(got).__name__
+            msg = f"{e['msg']} (got {shown})"
+        problems.append((key, msg))
+    return problems
+
+
+def _join(prefix: str, path: str) -> str:
+    if not prefix:
+        return path
+    return f"{prefix}.{path}" if path and not path.startswith("[") else f"{prefix}{path}"
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([("", "config file not found")], source=str(path)) from None
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read config file: {exc.strerror}")], source=str(path)) from None
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError([("", f"invalid YAML: {where}{problem}")], source=str(path)) from None
+    elif suffix == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([("", f"invalid TOML: {exc}")], source=str(path)) from None
+    elif suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError([("", f"invalid JSON: {exc}")], source=str(path)) from None
+    else:
+        raise ConfigError([("", f"unsupported config file type {suffix!r}; expected .yaml, .yml, .toml or .json")], source=str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([("", f"the top level must be a mapping, got {type(data).__name__}")], source=str(path))
+    return data
+
+
+def _include_registry_files(data: dict[str, Any], base_dir: Path, source: str | None) -> None:
+    """``agents: agents.yaml`` and ``tasks: tasks.yaml`` point at CrewAI-style files.
+
+    Keys Amsha does not know in those files (CrewAI settings such as ``verbose``) are kept
+    under each entry's ``options`` for the orchestrator, instead of failing.
+    """
+    for section, model in (("agents", AgentSpec), ("tasks", TaskSpec)):
+        ref = data.get(section)
+        if not isinstance(ref, str):
+            continue
+        path = (base_dir / ref).resolve()
+        loaded = _read_file(path)
+        known = set(model.model_fields)
+        entries: dict[str, Any] = {}
+        for name, entry in loaded.items():
+            if isinstance(entry, dict):
+                extra = {k: v for k, v in entry.items() if k not in known}
+                entry = {k: v for k, v in entry.items() if k in known}
+                if extra:
+                    entry["options"] = {**extra, **entry.get("options", {})}
+            entries[name] = entry
+        data[section] = entries
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or len(key) <= len(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if isinstance(child, str) and part in ("provider", "orchestrator", "state"):
+                child = {"name": child}
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+
+
+def load_config(
+    source: AmshaConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[AmshaConfig, Path]:
+    """Load and validate a config; returns it with the directory relative paths resolve from.
+
+    ``source`` is a file path (YAML, TOML or JSON), a mapping, an :class:`AmshaConfig`, or
+    None for the defaults. Environment overrides (``AMSHA__...``) apply to files and mappings.
+    """
+    env = os.environ if environ is None else environ
+    if isinstance(source, AmshaConfig):
+        return source, Path.cwd()
+    label: str | None = None
+    if source is None:
+        data: dict[str, Any] = {}
+        base_dir = Path.cwd()
+    elif isinstance(source, Mapping):
+        data = json.loads(json.dumps(source, default=str)) if source else {}
+        base_dir = Path.cwd()
+    else:
+        path = Path(source)
+        label = str(path)
+        data = _read_file(path)
+        base_dir = path.resolve().parent
+    _include_registry_files(data, base_dir, label)
+    _apply_env(data, env)
+    try:
+        return AmshaConfig.model_validate(data), base_dir
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err), source=label) from None

@@ -1,0 +1,686 @@
+"""The execution-aware ``LLM`` wrapper (the spec's LLM factory output).
+
+Every call through an :class:`LLM` gets, from one place (the spec's internal
+``@amsha_llm_call``): retry with exponential backoff and full jitter (retryable errors only,
+Retry-After honored, never after the first streamed token), timing (latency, time to first
+token), token counting (the provider's usage first; an estimate, marked as one, only when it
+reports none), stream normalization (a provider that cannot stream still streams, as one
+chunk), cancellation and events. It is usable alone, with no session or orchestrator::
+
+    llm = LLM(provider)
+    print(llm.generate("Say hi").text)
+    with llm.stream("Count to three") as stream:
+        for chunk in stream:
+            print(chunk.text, end="")
+    print(stream.response.usage)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Generic, TypeVar
+
+from .config import RetryConfig
+from .errors import (
+    AmshaError,
+    ProviderError,
+    RateLimitError,
+    RunCancelledError,
+    StreamInterruptedError,
+    StructuredOutputError,
+)
+from .events import RunEventLog
+from .provider import (
+    ILLMProvider,
+    LLMChunk,
+    LLMRequest,
+    LLMResponse,
+    Message,
+    ToolCall,
+    ToolSpec,
+    Usage,
+    coerce_messages,
+    response_as_chunk,
+)
+
+__all__ = ["LLM", "AsyncLLMStream", "CallContext", "LLMStream", "estimate_tokens", "retry_delay"]
+
+T = TypeVar("T")
+_ids = itertools.count(1)
+
+
+def estimate_tokens(text: str) -> int:
+    """An honest, cheap estimate: about four characters a token (at least one if non-empty)."""
+    return (len(text) + 3) // 4 if text else 0
+
+
+def retry_delay(error: BaseException, attempt: int, policy: RetryConfig, rng: random.Random | None = None) -> float | None:
+    """Seconds to wait before retry number ``attempt`` (1-based), or None to give up.
+
+    Only :class:`ProviderError` with ``retryable`` set is retried. A Retry-After from the
+    server is honored exactly; one longer than ``policy.max_retry_after_s`` is not waited
+    for (the error is raised instead).
+    """
+    if not isinstance(error, ProviderError) or not error.retryable or attempt > policy.max_retries:
+        return None
+    if isinstance(error, RateLimitError) and error.retry_after is not None:
+        if error.retry_after > policy.max_retry_after_s:
+            return None
+        return max(0.0, error.retry_after)
+    ceiling = min(policy.max_backoff_s, policy.initial_backoff_s * (2 ** (attempt - 1)))
+    if policy.jitter:
+        return (rng or random).uniform(0, ceiling)
+    return ceiling
+
+
+class CallContext:
+    """Where a call happens: the run's event log, the parent span, task and agent, and the
+    run's cancel flag. The session binds one to each LLM it hands to an orchestrator."""
+
+    __slots__ = ("agent", "cancel_event", "counters", "lock", "log", "parent_id", "task")
+
+    def __init__(
+        self,
+        log: RunEventLog | None = None,
+        parent_id: str | None = None,
+        *,
+        task: str | None = None,
+        agent: str | None = None,
+        cancel_event: threading.Event | None = None,
+        counters: dict[tuple[str | None, str | None], int] | None = None,
+    ) -> None:
+        self.log = log
+        self.parent_id = parent_id
+        self.task = task
+        self.agent = agent
+        self.cancel_event = cancel_event
+        self.counters = counters if counters is not None else {}
+        self.lock = threading.Lock()
+
+    def child(self, *, parent_id: str | None = None, task: str | None = None, agent: str | None = None) -> CallContext:
+        """A context for a nested span sharing this one's log, cancel flag and call counters."""
+        ctx = CallContext(
+            self.log,
+            parent_id or self.parent_id,
+            task=task if task is not None else self.task,
+            agent=agent if agent is not None else self.agent,
+            cancel_event=self.cancel_event,
+            counters=self.counters,
+        )
+        ctx.lock = self.lock
+        return ctx
+
+    def next_index(self) -> int:
+        with self.lock:
+            key = (self.task, self.agent)
+            index = self.counters.get(key, 0)
+            self.counters[key] = index + 1
+            return index
+
+
+class _Call:
+    """Book-keeping of one call: timing, text, tool calls, usage, events."""
+
+    __slots__ = (
+        "ctx",
+        "call_id",
+        "finish_reason",
+        "log",
+        "model",
+        "parts",
+        "request",
+        "retries",
+        "t0",
+        "tools",
+        "ttft",
+        "usage",
+        "wrapper",
+    )
+
+    def __init__(self, wrapper: LLM, request: LLMRequest) -> None:
+        self.wrapper = wrapper
+        self.request = request
+        self.ctx = wrapper.context
+        self.log = self.ctx.log if self.ctx is not None else None
+        self.call_id = f"llm-{next(_ids)}-{uuid.uuid4().hex[:8]}" if self.log is not None else ""
+        self.parts: list[str] = []
+        self.tools: dict[int, list[Any]] = {}
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.model: str | None = request.model
+        self.retries = 0
+        self.ttft: float | None = None
+        self.t0 = time.perf_counter()
+        if self.log is not None:
+            ctx = self.ctx
+            assert ctx is not None
+            fingerprint = {
+                "task": ctx.task,
+                "agent": ctx.agent,
+                "index": ctx.next_index(),
+                "request_hash": request.fingerprint(),
+            }
+            self.log.emit(
+                "llm.started",
+                self.call_id,
+                ctx.parent_id,
+                task=ctx.task,
+                agent=ctx.agent,
+                data={
+                    "llm": wrapper.name,
+                    "provider": wrapper.provider_name,
+                    "capabilities": wrapper.provider.capabilities.to_dict(),
+                    "model": request.model,
+                    "request": request.to_dict(),
+                    "fingerprint": fingerprint,
+                },
+            )
+
+    def check_cancel(self) -> None:
+        ctx = self.ctx
+        if ctx is not None and ctx.cancel_event is not None and ctx.cancel_event.is_set():
+            raise RunCancelledError(ctx.log.run_id if ctx.log else None, "cancelled during an LLM call")
+
+    @property
+    def started(self) -> bool:
+        return bool(self.parts) or bool(self.tools)
+
+    def on_chunk(self, chunk: LLMChunk) -> None:
+        text = chunk.text
+        if text:
+            if self.ttft is None:
+                self.ttft = time.perf_counter() - self.t0
+            self.parts.append(text)
+            log = self.log
+            if log is not None:
+                ctx = self.ctx
+                assert ctx is not None
+                log.emit("llm.token", self.call_id, ctx.parent_id, task=ctx.task, agent=ctx.agent, data={"text": text})
+        if chunk.tool_calls:
+            if self.ttft is None:
+                self.ttft = time.perf_counter() - self.t0
+            for delta in chunk.tool_calls:
+                slot = self.tools.setdefault(delta.index, [None, None, []])
+                if delta.id:
+                    slot[0] = delta.id
+                if delta.name:
+                    slot[1] = delta.name if slot[1] is None else slot[1] + delta.name
+                if delta.arguments:
+                    slot[2].append(delta.arguments)
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.finish_reason:
+            self.finish_reason = chunk.finish_reason
+        if chunk.model:
+            self.model = chunk.model
+
+    def on_response(self, response: LLMResponse) -> None:
+        if response.text:
+            self.parts = [response.text]
+        self.tools = {i: [c.id, c.name, [c.arguments]] for i, c in enumerate(response.tool_calls)}
+        self.usage = response.usage
+        self.finish_reason = response.finish_reason
+        self.model = response.model or self.model
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.t0
+
+    def retry_wait(self, error: BaseException, attempt: int) -> float | None:
+        delay = retry_delay(error, attempt, self.wrapper.retry)
+        if delay is None:
+            return None
+        self.retries += 1
+        if self.log is not None:
+            ctx = self.ctx
+            assert ctx is not None
+            self.log.emit(
+                "llm.retry",
+                self.call_id,
+                ctx.parent_id,
+                task=ctx.task,
+                agent=ctx.agent,
+                data={"attempt": attempt, "wait_s": round(delay, 6), "error": _error_dict(error)},
+            )
+        return delay
+
+    def _usage(self, text: str) -> Usage:
+        usage = self.usage
+        if usage is not None:
+            if not usage.total_tokens:
+                usage.total_tokens = usage.input_tokens + usage.output_tokens
+            return usage
+        prompt = "".join((m.content or "") for m in self.request.messages)
+        inp, out = estimate_tokens(prompt), estimate_tokens(text)
+        return Usage(inp, out, inp + out, estimated=True)
+
+    def response(self) -> LLMResponse:
+        text = "".join(self.parts)
+        calls = [
+            ToolCall(id=slot[0] or f"call_{i}", name=slot[1] or "", arguments="".join(slot[2]) or "{}")
+            for i, slot in sorted(self.tools.items())
+        ]
+        return LLMResponse(
+            text=text,
+            tool_calls=calls,
+            finish_reason=self.finish_reason or ("tool_calls" if calls else "stop"),
+            usage=self._usage(text),
+            model=self.model,
+            ttft_s=self.ttft,
+            latency_s=time.perf_counter() - self.t0,
+            retries=self.retries,
+        )
+
+    def finish(self, *, cancelled: bool = False) -> LLMResponse:
+        response = self.response()
+        if self.log is not None:
+            ctx = self.ctx
+            assert ctx is not None
+            self.log.emit(
+                "llm.finished",
+                self.call_id,
+                ctx.parent_id,
+                task=ctx.task,
+                agent=ctx.agent,
+                data={
+                    "response": response.to_dict(),
+                    "usage": response.usage.to_dict() if response.usage else None,
+                    "latency_s": response.latency_s,
+                    "ttft_s": response.ttft_s,
+                    "retries": self.retries,
+                    "cancelled": cancelled,
+                },
+            )
+        return response
+
+    def fail(self, error: BaseException) -> BaseException:
+        if isinstance(error, RunCancelledError):
+            self.finish(cancelled=True)
+            return error
+        if self.started and isinstance(error, ProviderError) and not isinstance(error, StreamInterruptedError):
+            interrupted = StreamInterruptedError(
+                f"the stream broke after output had started: {error}",
+                partial_text="".join(self.parts),
+                provider=error.provider,
+                status=error.status,
+            )
+            interrupted.__cause__ = error
+            error = interrupted
+        if self.log is not None:
+            ctx = self.ctx
+            assert ctx is not None
+            text = "".join(self.parts)
+            self.log.emit(
+                "llm.failed",
+                self.call_id,
+                ctx.parent_id,
+                task=ctx.task,
+                agent=ctx.agent,
+                data={
+                    "error": _error_dict(error),
+                    "partial_text": text,
+                    "usage": self._usage(text).to_dict(),
+                    "latency_s": time.perf_counter() - self.t0,
+                    "ttft_s": self.ttft,
+                    "retries": self.retries,
+                },
+            )
+        return error
+
+
+def _error_dict(error: BaseException) -> dict[str, Any]:
+    if isinstance(error, AmshaError):
+        return error.to_dict()
+    return {"type": type(error).__name__, "message": str(error)}
+
+
+def _as_provider_error(error: Exception, provider: str) -> Exception:
+    if isinstance(error, AmshaError):
+        return error
+    wrapped = ProviderError(f"provider {provider!r} raised {type(error).__name__}: {error}", provider=provider)
+    wrapped.__cause__ = error
+    return wrapped
+
+
+class LLMStream(Generic[T]):
+    """A streamed call: iterate it for :class:`LLMChunk`; ``response`` is set at the end.
+
+    Closing it early (``close()``, leaving a ``with`` block, ``break`` then garbage collection)
+    closes the provider stream at once.
+    """
+
+    def __init__(self, generator: Iterator[LLMChunk], holder: list[LLMResponse]) -> None:
+        self._gen = generator
+        self._holder = holder
+
+    def __iter__(self) -> Iterator[LLMChunk]:
+        return self._gen
+
+    def __next__(self) -> LLMChunk:
+        return next(self._gen)
+
+    def __enter__(self) -> LLMStream[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        close = getattr(self._gen, "close", None)
+        if close is not None:
+            close()
+
+    @property
+    def response(self) -> LLMResponse | None:
+        """The whole response, once the stream has ended (None before)."""
+        return self._holder[0] if self._holder else None
+
+
+class AsyncLLMStream(Generic[T]):
+    """The async twin of :class:`LLMStream`: ``async for chunk in stream``; ``aclose()``."""
+
+    def __init__(self, generator: AsyncIterator[LLMChunk], holder: list[LLMResponse]) -> None:
+        self._gen = generator
+        self._holder = holder
+
+    def __aiter__(self) -> AsyncIterator[LLMChunk]:
+        return self._gen
+
+    async def __anext__(self) -> LLMChunk:
+        return await self._gen.__anext__()
+
+    async def __aenter__(self) -> AsyncLLMStream[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._gen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    @property
+    def response(self) -> LLMResponse | None:
+        return self._holder[0] if self._holder else None
+
+
+class LLM:
+    """An execution-aware LLM. Built by the session (``session.llm(name)``) or directly from
+    a provider. ``bind(context)`` gives a copy that emits its events into a run."""
+
+    def __init__(
+        self,
+        provider: ILLMProvider,
+        *,
+        model: str | None = None,
+        retry: RetryConfig | None = None,
+        name: str = "default",
+        defaults: dict[str, Any] | None = None,
+        context: CallContext | None = None,
+    ) -> None:
+        self.provider = provider
+        self.provider_name = getattr(provider, "name", type(provider).__name__)
+        self.model = model
+        self.retry = retry or RetryConfig()
+        self.name = name
+        self.defaults = dict(defaults or {})
+        self.context = context
+
+    def __repr__(self) -> str:
+        return f"LLM(name={self.name!r}, provider={self.provider_name!r}, model={self.model!r})"
+
+    @property
+    def capabilities(self) -> Any:
+        return self.provider.capabilities
+
+    def bind(self, context: CallContext | None) -> LLM:
+        """A copy of this LLM whose calls emit events into ``context`` (a run, a task)."""
+        return LLM(
+            self.provider, model=self.model, retry=self.retry, name=self.name, defaults=self.defaults, context=context
+        )
+
+    def request(
+        self,
+        messages: str | Sequence[Message | dict[str, Any]] | LLMRequest,
+        *,
+        tools: Sequence[ToolSpec] | None = None,
+        response_format: dict[str, Any] | None = None,
+        response_model: type[Any] | None = None,
+        **params: Any,
+    ) -> LLMRequest:
+        """Build the :class:`LLMRequest` a call would send (defaults and model applied)."""
+        if isinstance(messages, LLMRequest):
+            req = messages
+            if req.model is None:
+                req.model = self.model
+            return req
+        merged = {**self.defaults, **params}
+        known = {k: merged.pop(k) for k in ("temperature", "max_tokens", "stop", "seed", "tool_choice") if k in merged}
+        if response_model is not None and response_format is None:
+            schema = response_model.model_json_schema()
+            response_format = {"name": getattr(response_model, "__name__", "output"), "schema": schema}
+        msgs = coerce_messages(messages)
+        if response_format is not None and not self.provider.capabilities.structured_output:
+            # Graceful degradation: ask for the schema in words when the API cannot enforce it.
+            msgs = [
+                Message("system", "Reply with only a JSON value matching this JSON schema:\n"
+                        + json.dumps(response_format.get("schema", response_format))),
+                *msgs,
+            ]
+        return LLMRequest(
+            messages=msgs,
+            model=merged.pop("model", None) or self.model,
+            tools=list(tools) if tools else None,
+            response_format=response_format,
+            extra=merged,
+            **known,
+        )
+
+    # ---- sync -------------------------------------------------------------------------
+
+    def generate(
+        self,
+        messages: str | Sequence[Message | dict[str, Any]] | LLMRequest,
+        *,
+        response_model: type[Any] | None = None,
+        **params: Any,
+    ) -> LLMResponse:
+        """One complete answer. With ``response_model`` (a pydantic model) the JSON answer is
+        validated into ``response.parsed`` or :class:`StructuredOutputError` is raised."""
+        request = self.request(messages, response_model=response_model, **params)
+        call = _Call(self, request)
+        provider = self.provider
+        attempt = 0
+        while True:
+            try:
+                call.check_cancel()
+                call.on_response(provider.generate(request))
+                break
+            except Exception as exc:
+                err = _as_provider_error(exc, self.provider_name)
+                attempt += 1
+                delay = call.retry_wait(err, attempt)
+                if delay is None:
+                    raise call.fail(err) from exc
+                self._sleep(delay)
+        response = call.finish()
+        return self._parse(response, request, response_model)
+
+    def stream(self, messages: str | Sequence[Message | dict[str, Any]] | LLMRequest, **params: Any) -> LLMStream[Any]:
+        """Stream an answer chunk by chunk; retried only until the first token arrives."""
+        request = self.request(messages, **params)
+        holder: list[LLMResponse] = []
+        return LLMStream(self._stream(request, holder), holder)
+
+    def _stream(self, request: LLMRequest, holder: list[LLMResponse]) -> Iterator[LLMChunk]:
+        call = _Call(self, request)
+        provider = self.provider
+        streaming = provider.capabilities.streaming
+        attempt = 0
+        while True:
+            iterator: Iterator[LLMChunk] | None = None
+            try:
+                call.check_cancel()
+                if streaming:
+                    iterator = provider.stream(request)
+                else:
+                    iterator = iter((response_as_chunk(provider.generate(request)),))
+                cancel = call.ctx.cancel_event if call.ctx is not None else None
+                on_chunk = call.on_chunk
+                for chunk in iterator:
+                    if cancel is not None and cancel.is_set():
+                        call.check_cancel()
+                    on_chunk(chunk)
+                    yield chunk
+                break
+            except GeneratorExit:
+                _close(iterator)
+                call.finish(cancelled=True)
+                raise
+            except Exception as exc:
+                _close(iterator)
+                err = _as_provider_error(exc, self.provider_name)
+                attempt += 1
+                delay = None if call.started else call.retry_wait(err, attempt)
+                if delay is None:
+                    raise call.fail(err) from exc
+                self._sleep(delay)
+        holder.append(call.finish())
+
+    def _sleep(self, delay: float) -> None:
+        ctx = self.context
+        if ctx is not None and ctx.cancel_event is not None:
+            if ctx.cancel_event.wait(delay):
+                raise RunCancelledError(ctx.log.run_id if ctx.log else None, "cancelled while waiting to retry")
+        else:
+            time.sleep(delay)
+
+    # ---- async ------------------------------------------------------------------------
+
+    async def agenerate(
+        self,
+        messages: str | Sequence[Message | dict[str, Any]] | LLMRequest,
+        *,
+        response_model: type[Any] | None = None,
+        **params: Any,
+    ) -> LLMResponse:
+        """Async twin of :meth:`generate`."""
+        request = self.request(messages, response_model=response_model, **params)
+        call = _Call(self, request)
+        provider = self.provider
+        attempt = 0
+        while True:
+            try:
+                call.check_cancel()
+                call.on_response(await provider.agenerate(request))
+                break
+            except asyncio.CancelledError:
+                call.finish(cancelled=True)
+                raise
+            except Exception as exc:
+                err = _as_provider_error(exc, self.provider_name)
+                attempt += 1
+                delay = call.retry_wait(err, attempt)
+                if delay is None:
+                    raise call.fail(err) from exc
+                await asyncio.sleep(delay)
+        response = call.finish()
+        return self._parse(response, request, response_model)
+
+    def astream(
+        self, messages: str | Sequence[Message | dict[str, Any]] | LLMRequest, **params: Any
+    ) -> AsyncLLMStream[Any]:
+        """Async twin of :meth:`stream`. Cancelling the consuming task closes the provider stream."""
+        request = self.request(messages, **params)
+        holder: list[LLMResponse] = []
+        return AsyncLLMStream(self._astream(request, holder), holder)
+
+    async def _astream(self, request: LLMRequest, holder: list[LLMResponse]) -> AsyncIterator[LLMChunk]:
+        call = _Call(self, request)
+        provider = self.provider
+        streaming = provider.capabilities.streaming
+        attempt = 0
+        while True:
+            iterator: AsyncIterator[LLMChunk] | None = None
+            try:
+                call.check_cancel()
+                if streaming:
+                    iterator = provider.astream(request)
+                else:
+                    iterator = _one(response_as_chunk(await provider.agenerate(request)))
+                cancel = call.ctx.cancel_event if call.ctx is not None else None
+                on_chunk = call.on_chunk
+                async for chunk in iterator:
+                    if cancel is not None and cancel.is_set():
+                        call.check_cancel()
+                    on_chunk(chunk)
+                    yield chunk
+                break
+            except (GeneratorExit, asyncio.CancelledError):
+                await _aclose(iterator)
+                call.finish(cancelled=True)
+                raise
+            except Exception as exc:
+                await _aclose(iterator)
+                err = _as_provider_error(exc, self.provider_name)
+                attempt += 1
+                delay = None if call.started else call.retry_wait(err, attempt)
+                if delay is None:
+                    raise call.fail(err) from exc
+                await asyncio.sleep(delay)
+        holder.append(call.finish())
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    def _parse(self, response: LLMResponse, request: LLMRequest, response_model: type[Any] | None) -> LLMResponse:
+        if request.response_format is None:
+            return response
+        text = _strip_fences(response.text)
+        try:
+            if response_model is not None:
+                response.parsed = response_model.model_validate_json(text)
+            else:
+                response.parsed = json.loads(text)
+        except Exception as exc:
+            name = getattr(response_model, "__name__", "the requested schema")
+            raise StructuredOutputError(
+                f"the model's output does not match {name}: {exc}", text=response.text, provider=self.provider_name
+            ) from exc
+        return response
+
+
+def _strip_fences(text: str) -> str:
+    stripped = text.strip()
+    if stripped.startswith("```") and stripped.endswith("```"):
+        stripped = stripped.strip("`")
+        if stripped.startswith("json"):
+            stripped = stripped[4:]
+    return stripped.strip()
+
+
+async def _one(chunk: LLMChunk) -> AsyncIterator[LLMChunk]:
+    yield chunk
+
+
+def _close(iterator: Any) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            pass
+
+
+async def _aclose(iterator: Any) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            pass

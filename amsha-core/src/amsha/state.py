@@ -1,0 +1,278 @@
+"""``ExecutionState`` (the opaque JSON container) and the ``StateStore`` protocol.
+
+Amsha stores, versions, snapshots and replays state; it never reads meaning into it and
+never branches on it. Values must be JSON (checked when set, the key named on failure).
+Versions give optimistic concurrency: a write that names a version other than the latest
+fails with :class:`~amsha.errors.VersionConflictError`; nothing is silently merged.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import NonJSONValueError, SchemaVersionError, StateError
+
+__all__ = [
+    "STATE_SCHEMA",
+    "ExecutionState",
+    "RunRecord",
+    "RunStatus",
+    "StateSnapshot",
+    "StateStore",
+    "check_json",
+]
+
+STATE_SCHEMA = 1
+
+
+def check_json(key: str, value: Any, _depth: int = 0) -> None:
+    """Raise :class:`NonJSONValueError` naming ``key`` unless ``value`` is plain JSON."""
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise NonJSONValueError(key, value, "NaN and infinity are not JSON")
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_json(f"{key}[{i}]", item, _depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                raise NonJSONValueError(f"{key}.{k!r}", value, f"dict key {k!r} is not a string")
+            check_json(f"{key}.{k}", item, _depth + 1)
+        return
+    raise NonJSONValueError(key, value)
+
+
+class ExecutionState:
+    """A versioned, JSON-only key-value container shared by runs.
+
+    ``version`` is the store version this object was last loaded from or saved as (0 for
+    a state never saved). Runs that receive this object write task outputs into it and
+    snapshot it to the session's store with the version they hold; two copies of the same
+    version cannot both be committed. Thread-safe.
+    """
+
+    def __init__(self, data: Mapping[str, Any] | None = None, *, state_id: str | None = None, version: int = 0) -> None:
+        self.state_id = state_id or f"state-{uuid.uuid4().hex[:12]}"
+        self.version = version
+        self._lock = threading.RLock()
+        self._data: dict[str, Any] = {}
+        for key, value in (data or {}).items():
+            self[key] = value
+        self.dirty = version == 0
+        """True when the contents changed since the last load or commit."""
+
+    def __getitem__(self, key: str) -> Any:
+        with self._lock:
+            return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if not isinstance(key, str):
+            raise NonJSONValueError(repr(key), key, "state keys must be strings")
+        check_json(key, value)
+        # Stored as a private copy so later mutation of the caller's object cannot change it.
+        value = copy.deepcopy(value) if isinstance(value, dict | list | tuple) else value
+        if isinstance(value, tuple):
+            value = list(value)
+        with self._lock:
+            self._data[key] = value
+            self.dirty = True
+
+    def __delitem__(self, key: str) -> None:
+        with self._lock:
+            del self._data[key]
+            self.dirty = True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"ExecutionState(state_id={self.state_id!r}, version={self.version}, keys={self.keys()!r})"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            return copy.deepcopy(self._data.get(key, default))
+
+    def set(self, key: str, value: Any) -> None:
+        self[key] = value
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Set several keys at once; none is set if any value is not JSON."""
+        for key, value in values.items():
+            check_json(key, value)
+        for key, value in values.items():
+            self[key] = value
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A deep copy of the contents."""
+        with self._lock:
+            return copy.deepcopy(self._data)
+
+    def save(self) -> str:
+        """The state as a JSON document (schema, id, version, data)."""
+        return json.dumps(
+            {"schema": STATE_SCHEMA, "state_id": self.state_id, "version": self.version, "data": self.to_dict()},
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+
+    @classmethod
+    def load(cls, document: str | bytes | Mapping[str, Any]) -> ExecutionState:
+        """Rebuild a state from :meth:`save` output; an unknown schema fails loudly."""
+        try:
+            doc = json.loads(document) if isinstance(document, str | bytes) else dict(document)
+        except json.JSONDecodeError as exc:
+            raise StateError(f"cannot load state: not JSON ({exc})") from None
+        if not isinstance(doc, dict) or "data" not in doc:
+            raise StateError("cannot load state: expected an object with 'schema', 'state_id', 'version' and 'data'")
+        if doc.get("schema") != STATE_SCHEMA:
+            raise SchemaVersionError(
+                f"state schema {doc.get('schema')!r} is not readable by this release (it reads schema {STATE_SCHEMA})"
+            )
+        return cls(doc["data"], state_id=doc.get("state_id"), version=int(doc.get("version", 0)))
+
+    def commit(self, store: StateStore, *, run_id: str | None = None, reason: str = "manual") -> int:
+        """Write this state to ``store`` as a new version (optimistic on :attr:`version`)."""
+        with self._lock:
+            new_version = store.put_state(
+                self.state_id, self.to_dict(), expected_version=self.version, run_id=run_id, reason=reason
+            )
+            self.version = new_version
+            self.dirty = False
+            return new_version
+
+    @classmethod
+    def from_store(cls, store: StateStore, state_id: str, version: int | None = None) -> ExecutionState:
+        """Load the latest (or a given) version of ``state_id`` from ``store``."""
+        snap = store.get_state(state_id, version)
+        return cls(snap.data, state_id=snap.state_id, version=snap.version)
+
+
+class RunStatus:
+    """The life of a run: PENDING -> RUNNING -> one of SUCCEEDED, FAILED, CANCELLED."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+@dataclass(slots=True)
+class StateSnapshot:
+    """One stored version of a state."""
+
+    state_id: str
+    version: int
+    data: dict[str, Any]
+    created_at: float = field(default_factory=time.time)
+    run_id: str | None = None
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """What a store keeps about a run, so another process can attach to it and poll it."""
+
+    run_id: str
+    status: str = RunStatus.PENDING
+    mode: str = "interactive"
+    tasks: list[str] = field(default_factory=list)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    state_id: str | None = None
+    base_version: int = 0
+    state_version: int | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    replay_of: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
+        names = set(cls.__slots__)  # type: ignore[attr-defined]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Where states, run records and run events are kept.
+
+    All methods are synchronous and short (one transaction each); the session calls them
+    from its event loop, so a store must never hold a lock across calls. Data passed in
+    and out is plain JSON. Implementations: ``memory`` (built in), ``sqlite``
+    (amsha-state-sqlite), and any third party's.
+    """
+
+    def put_state(
+        self, state_id: str, data: dict[str, Any], *, expected_version: int, run_id: str | None = None, reason: str = ""
+    ) -> int:
+        """Store ``data`` as version ``expected_version + 1`` of ``state_id``.
+
+        Raises :class:`VersionConflictError` (naming both versions) when the latest stored
+        version is not ``expected_version`` (0 means "no version yet"). Returns the new version.
+        """
+        ...
+
+    def get_state(self, state_id: str, version: int | None = None) -> StateSnapshot:
+        """The latest (or the given) version; :class:`StateNotFoundError` if absent."""
+        ...
+
+    def list_versions(self, state_id: str) -> list[StateSnapshot]:
+        """Every stored version of ``state_id``, oldest first (``data`` may be empty)."""
+        ...
+
+    def put_run(self, record: RunRecord) -> None:
+        """Create or replace the record of ``record.run_id``."""
+        ...
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The record of ``run_id``; :class:`RunNotFoundError` if absent."""
+        ...
+
+    def list_runs(self, limit: int = 50) -> list[RunRecord]:
+        """The most recent runs, newest first."""
+        ...
+
+    def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+        """Append events (dicts with increasing ``seq``) to a run's log."""
+        ...
+
+    def read_events(self, run_id: str, from_seq: int = 0) -> list[dict[str, Any]]:
+        """The run's events with ``seq >= from_seq``, in order."""
+        ...
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run's record, events and the state versions it wrote."""
+        ...
+
+    def close(self) -> None:
+        """Release resources."""
+        ...

@@ -1,0 +1,3 @@
+"""Amsha plugin distribution for the orchestrator `langgraph` (LangGraph graphs)."""
+
+__version__ = "0.1.0"

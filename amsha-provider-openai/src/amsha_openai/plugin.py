@@ -1,0 +1,8 @@
+"""Entry point module of amsha-provider-openai (group `amsha`).
+
+It registers no backend yet: the provider `openai` is still to be built. Kept tiny on purpose:
+plugin modules are imported at session creation, so heavy imports belong in the adapter
+module that a factory imports only when the backend is selected.
+"""
+
+AMSHA_PLUGIN_API = "1.0"
