@@ -221,7 +221,7 @@ class ExecutionSession:
         executor = executor or (self.executor if run.mode is ExecutionMode.BACKGROUND else None)
         run.start_record()
         if executor is None:
-            run.future = _loop.submit(run.execute())
+            run.loop_future = _loop.submit(run.execute())
         elif isinstance(executor, concurrent.futures.ThreadPoolExecutor):
             run.future = executor.submit(asyncio.run, run.execute())
         else:
@@ -282,7 +282,7 @@ class ExecutionSession:
             state = ExecutionState(snap.data)
         run = self._prepare(record.tasks, record.inputs, state, mode, None, provider_override=provider, replay_of=run_id)
         run.start_record()
-        run.future = _loop.submit(run.execute())
+        run.loop_future = _loop.submit(run.execute())
         return ExecutionHandle(run.run_id, run.mode, run=run)
 
     def runs(self, limit: int = 50) -> list[RunRecord]:
@@ -369,6 +369,8 @@ class _Run:
         self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.task: asyncio.Task[None] | None = None
         self.future: concurrent.futures.Future[Any] | None = None
+        """The client executor's future, for runs handed to an executor."""
+        self.loop_future: concurrent.futures.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.collector = MetricsCollector(run_id)
         self.record = RunRecord(
@@ -531,9 +533,10 @@ class _Run:
         task, loop = self.task, self.loop
         if task is not None and loop is not None and not task.done():
             loop.call_soon_threadsafe(task.cancel)
-        if self.future is not None and self.remote_result is None and self.future.cancel():
-            self.status = RunStatus.CANCELLED
-            self.done.set_result(None)
+        # A run still queued on a client executor never starts: record it as cancelled here.
+        if task is None and self.future is not None and self.future.cancel():
+            self.error = {"type": "RunCancelledError", "message": reason}
+            self._end(RunStatus.CANCELLED, "run.cancelled", {"reason": reason, "partial_text": ""})
         return True
 
     def outcome(self) -> RunResult:

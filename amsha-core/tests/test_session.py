@@ -1,0 +1,388 @@
+"""ExecutionSession and ExecutionHandle: modes, cancel, events, state, replay, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from amsha import Event, ExecutionMode, ExecutionSession, ExecutionState, RunStatus
+from amsha.errors import (
+    InputError,
+    ReplayDivergenceError,
+    RunCancelledError,
+    RunFailedError,
+    RunTimeoutError,
+    ServerError,
+    VersionConflictError,
+)
+
+from _amsha_support import make_config
+
+SLOW = {"token_delay_s": 0.05}
+
+
+def test_interactive_run_streams_tokens_in_order(session_factory: Any) -> None:
+    session = session_factory()
+    handle = session.run(inputs={"topic": "owls"})
+    text = "".join(handle.stream_text())
+    result = handle.result()
+    assert text == result.outputs["research"] + result.outputs["write"]
+    assert result.status == RunStatus.SUCCEEDED == handle.status()
+    assert result.state is not None and result.state["write"] == "A short paragraph built from the facts."
+
+
+def test_tasks_run_exactly_as_named(session_factory: Any) -> None:
+    session = session_factory()
+    result = session.run(["write"], inputs={"topic": "owls"}).result()
+    assert list(result.outputs) == ["write"]
+    with pytest.raises(InputError, match="unknown task 'publish'"):
+        session.run(["publish"], inputs={"topic": "owls"})
+    with pytest.raises(InputError, match=r"\{topic\}"):
+        session.run()
+
+
+def test_context_comes_from_this_run_or_the_shared_state(session_factory: Any) -> None:
+    session = session_factory()
+    state = ExecutionState()
+    session.run(["research"], inputs={"topic": "owls"}, state=state).result()
+    handle = session.run(["write"], inputs={"topic": "owls"}, state=state)
+    handle.result()
+    request = next(e for e in handle.stream() if e.kind == "llm.started").data["request"]
+    assert "Fact one. Fact two. Fact three." in request["messages"][1]["content"]
+    assert state["research"] and state["write"]
+
+
+def test_events_are_ordered_gap_free_and_linked(session_factory: Any) -> None:
+    session = session_factory()
+    handle = session.run(inputs={"topic": "owls"})
+    events = list(handle.stream())
+    assert [e.seq for e in events] == list(range(len(events)))
+    assert {e.run_id for e in events} == {handle.run_id}
+    assert events[0].kind == "run.started" and events[-1].kind == "run.finished"
+    spans = {e.span_id: e for e in events if e.kind in ("task.started", "llm.started")}
+    for e in events:
+        if e.kind == "task.started":
+            assert e.parent_id == handle.run_id
+        if e.kind in ("llm.started", "llm.token", "llm.finished"):
+            assert spans[e.parent_id].kind == "task.started"
+            assert spans[e.parent_id].task == e.task
+    stored = session.events(handle.run_id)
+    assert [e.to_dict() for e in stored] == [e.to_dict() for e in events]
+
+
+def test_concurrent_runs_never_see_each_others_events(session_factory: Any) -> None:
+    session = session_factory(make_config(provider_options={"token_delay_s": 0.005}))
+    handles = [session.run(inputs={"topic": f"t{i}"}) for i in range(4)]
+    for handle in handles:
+        events = list(handle.stream())
+        assert {e.run_id for e in events} == {handle.run_id}
+        assert [e.seq for e in events] == list(range(len(events)))
+        assert handle.result().outputs["write"]
+
+
+def test_background_run_is_polled_to_completion(session_factory: Any) -> None:
+    session = session_factory(make_config(provider_options={"token_delay_s": 0.01}))
+    handle = session.run(inputs={"topic": "owls"}, mode="background")
+    assert handle.mode is ExecutionMode.BACKGROUND
+    seen = set()
+    while not handle.done():
+        seen.add(handle.status())
+        time.sleep(0.01)
+    assert RunStatus.RUNNING in seen
+    assert handle.result(timeout=5).status == RunStatus.SUCCEEDED
+    record = session.store.get_run(handle.run_id)
+    assert record.status == RunStatus.SUCCEEDED and record.outputs == handle.result().outputs
+
+
+def test_background_run_on_a_client_thread_pool(session_factory: Any) -> None:
+    session = session_factory()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        handles = [session.run(inputs={"topic": str(i)}, mode="background", executor=pool) for i in range(3)]
+        results = [h.result(timeout=10) for h in handles]
+    assert all(r.status == RunStatus.SUCCEEDED for r in results)
+
+
+def test_result_timeout_does_not_cancel(session_factory: Any) -> None:
+    session = session_factory(make_config(provider_options=SLOW))
+    handle = session.run(inputs={"topic": "owls"}, mode="background")
+    with pytest.raises(RunTimeoutError):
+        handle.result(timeout=0.05)
+    assert handle.result(timeout=10).status == RunStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("mode", ["interactive", "background"])
+def test_cancel_closes_the_stream_within_100ms(session_factory: Any, mode: str) -> None:
+    session = session_factory(make_config(provider_options={"token_delay_s": 0.2}))
+    state = ExecutionState()
+    handle = session.run(inputs={"topic": "owls"}, mode=mode, state=state)
+    for event in handle.stream():
+        if event.kind == "llm.token":
+            break
+    started = time.perf_counter()
+    assert handle.cancel("enough") in (True, False)
+    with pytest.raises(RunCancelledError, match="enough|consumer"):
+        handle.result(timeout=1)
+    assert time.perf_counter() - started < 0.1
+    assert handle.status() == RunStatus.CANCELLED
+    assert handle.cancel() is False  # idempotent
+    events = list(handle.stream())
+    last = events[-1]
+    assert last.kind == "run.cancelled" and last.data["partial_text"].startswith("Fact")
+    llm_end = [e for e in events if e.kind == "llm.finished"]
+    assert llm_end and llm_end[-1].data["cancelled"] is True
+    record = session.store.get_run(handle.run_id)
+    assert record.status == RunStatus.CANCELLED
+
+
+def test_closing_an_interactive_stream_cancels_the_run(session_factory: Any) -> None:
+    session = session_factory(make_config(provider_options={"token_delay_s": 0.1}))
+    handle = session.run(inputs={"topic": "owls"})
+    stream = handle.stream()
+    next(stream)
+    stream.close()
+    with pytest.raises(RunCancelledError, match="consumer went away"):
+        handle.result(timeout=2)
+
+
+def test_detached_run_survives_its_stream_closing(session_factory: Any) -> None:
+    session = session_factory(make_config(provider_options={"token_delay_s": 0.01}))
+    handle = session.run(inputs={"topic": "owls"}, detach=True)
+    stream = handle.stream()
+    next(stream)
+    stream.close()
+    assert handle.result(timeout=5).status == RunStatus.SUCCEEDED
+
+
+def test_cancel_keeps_the_last_snapshot(session_factory: Any) -> None:
+    config = make_config(provider_options={"responses": [{"match": "Research", "text": "done"}, {"text": "a b c d e f g h"}], "token_delay_s": 0.1})
+    session = session_factory(config)
+    state = ExecutionState()
+    handle = session.run(inputs={"topic": "owls"}, state=state)
+    for event in handle.stream():
+        if event.kind == "llm.token" and event.task == "write":
+            break
+    handle.cancel()
+    with pytest.raises(RunCancelledError):
+        handle.result(timeout=2)
+    latest = session.store.get_state(state.state_id)
+    assert latest.data == {"research": "done"}
+
+
+def test_provider_error_fails_the_run_with_the_typed_cause(session_factory: Any) -> None:
+    session = session_factory(make_config(provider_options={"failures": [{"kind": "server", "times": 5}]}))
+    handle = session.run(inputs={"topic": "owls"})
+    with pytest.raises(RunFailedError) as info:
+        handle.result()
+    assert isinstance(info.value.cause, ServerError)
+    assert info.value.task == "research"
+    assert "research" in str(info.value)
+    assert handle.metrics.retries == 2 and handle.metrics.errors == 1
+
+
+def test_metrics_per_call_task_and_run(session_factory: Any) -> None:
+    session = session_factory()
+    result = session.run(inputs={"topic": "owls"}).result()
+    m = result.metrics
+    assert m is not None
+    assert len(m.calls) == 2
+    assert m.total_tokens == sum(c.total_tokens for c in m.calls) > 0
+    assert m.tasks["research"].output_tokens == 6  # "Fact one. Fact two. Fact three."
+    assert m.ttft_s is not None and m.latency_s is not None and m.latency_s >= m.ttft_s
+    assert not m.total.tokens_estimated
+
+
+def test_state_shared_by_runs_and_conflicts_caught(session_factory: Any) -> None:
+    session = session_factory()
+    state = ExecutionState({"seed": 1})
+    session.run(["research"], inputs={"topic": "a"}, state=state).result()
+    session.run(["research"], inputs={"topic": "a"}, mode="background", state=state).result()
+    assert state.version == 2  # one task snapshot per run
+    stale = ExecutionState.from_store(session.store, state.state_id, 1)
+    with pytest.raises(RunFailedError) as info:
+        session.run(["research"], inputs={"topic": "a"}, state=stale).result()
+    assert isinstance(info.value.cause, VersionConflictError)
+    assert session.store.get_state(state.state_id).version == 2
+
+
+def test_state_by_id_and_round_trip(session_factory: Any) -> None:
+    session = session_factory()
+    state = ExecutionState({"notes": ["x"]})
+    session.run(["research"], inputs={"topic": "a"}, state=state).result()
+    by_id = session.run(["write"], inputs={"topic": "a"}, state=state.state_id).result()
+    assert by_id.state is not None and by_id.state["notes"] == ["x"] and "research" in by_id.state
+    reloaded = ExecutionState.load(by_id.state.save())
+    assert reloaded.to_dict() == by_id.state.to_dict()
+
+
+def test_replay_reproduces_outputs_without_the_provider(session_factory: Any) -> None:
+    session = session_factory()
+    original = session.run(inputs={"topic": "owls"})
+    first = original.result()
+    provider = session.llm().provider
+    calls_before = provider.calls
+    replay = session.replay(original.run_id)
+    again = replay.result()
+    assert again.outputs == first.outputs
+    assert provider.calls == calls_before
+    original_tokens = [e.text for e in original.stream() if e.kind == "llm.token"]
+    assert [e.text for e in replay.stream() if e.kind == "llm.token"] == original_tokens
+    assert session.store.get_run(replay.run_id).replay_of == original.run_id
+
+
+def test_replay_reports_divergence(session_factory: Any) -> None:
+    session = session_factory()
+    handle = session.run(inputs={"topic": "owls"})
+    handle.result()
+    session.registry.tasks["write"] = session.registry.tasks["write"].model_copy(update={"description": "Write it differently."})
+    with pytest.raises(RunFailedError) as info:
+        session.replay(handle.run_id).result()
+    cause = info.value.cause
+    assert isinstance(cause, ReplayDivergenceError)
+    assert cause.expected is not None and cause.expected["task"] == "write"
+    assert "write" in str(cause)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def on_event(self, event: Event) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+
+class Raising:
+    calls = 0
+
+    def on_event(self, event: Event) -> None:
+        Raising.calls += 1
+        raise RuntimeError("observer bug")
+
+    def close(self) -> None:
+        pass
+
+
+def test_observers_see_every_event_and_a_raising_one_breaks_nothing(session_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    recorder = Recorder()
+    session = session_factory(make_config(), observers=[Raising(), recorder])
+    handle = session.run(inputs={"topic": "owls"})
+    assert handle.result().status == RunStatus.SUCCEEDED
+    assert [e.seq for e in recorder.events] == list(range(len(recorder.events)))
+    assert {e.kind for e in recorder.events} >= {"run.started", "task.started", "llm.started", "llm.token", "llm.finished", "task.finished", "state.snapshot", "run.finished"}
+    assert Raising.calls == 1
+    assert sum("observer bug" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_jsonl_observer_writes_every_event(session_factory: Any, tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    session = session_factory(make_config(observers=[{"name": "jsonl", "options": {"path": str(path)}}]))
+    handle = session.run(inputs={"topic": "owls"})
+    events = list(handle.stream())
+    session.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["seq"] for line in lines] == [e.seq for e in events]
+
+
+def test_secrets_never_reach_events_state_records_or_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from amsha.secrets import get_secret
+
+    canary = "sk-canary-4f1d2c9a8b7e6d5c"
+    monkeypatch.setenv("AMSHA_TEST_CANARY_KEY", canary)
+    assert get_secret("AMSHA_TEST_CANARY_KEY") is not None
+    store_dir = tmp_path / "store"
+    config = make_config(
+        state={"name": "file", "options": {"path": str(store_dir)}},
+        observers=[{"name": "jsonl", "options": {"path": str(tmp_path / "events.jsonl")}}],
+        provider_options={"failures": [{"kind": "server", "times": 1, "message": f"upstream said key={canary}"}]},
+    )
+    # A careless client puts the key in an input and the state; Amsha must still scrub it.
+    with ExecutionSession(config) as session:
+        state = ExecutionState({"note": f"the key is {canary}"})
+        handle = session.run(inputs={"topic": canary}, state=state)
+        handle.result()
+        for event in handle.stream():
+            if event.kind != "llm.token":
+                assert canary not in json.dumps(event.to_dict())
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert canary not in path.read_text(encoding="utf-8"), path
+
+
+def test_sync_api_inside_a_running_event_loop(session_factory: Any) -> None:
+    session = session_factory()
+
+    async def notebook_cell() -> str:
+        handle = session.run(inputs={"topic": "owls"})
+        return str(handle.result().outputs["write"])
+
+    assert asyncio.run(notebook_cell()).startswith("A short")
+
+
+def test_async_api_on_the_callers_loop(session_factory: Any) -> None:
+    session = session_factory(make_config(provider_options={"token_delay_s": 0.01}))
+
+    async def web_handler() -> tuple[str, list[str], str]:
+        loop_thread = threading.get_ident()
+        handle = await session.arun(inputs={"topic": "owls"})
+        tokens = [t async for t in handle.astream_text()]
+        result = await handle.aresult(timeout=5)
+        background = await session.arun(inputs={"topic": "x"}, mode="background")
+        await background.aresult()
+        assert threading.get_ident() == loop_thread
+        return result.status, tokens, background.status()
+
+    status, tokens, background = asyncio.run(web_handler())
+    assert status == background == RunStatus.SUCCEEDED
+    assert len(tokens) == 13
+
+
+def test_async_cancel(session_factory: Any) -> None:
+    session = session_factory(make_config(provider_options={"token_delay_s": 0.2}))
+
+    async def main() -> float:
+        handle = await session.arun(inputs={"topic": "owls"})
+        async for event in handle.astream():
+            if event.kind == "llm.token":
+                break
+        started = time.perf_counter()
+        await handle.acancel()
+        assert handle.status() == RunStatus.CANCELLED
+        return time.perf_counter() - started
+
+    assert asyncio.run(main()) < 0.1
+
+
+def test_attach_by_run_id_in_the_same_process(session_factory: Any, tmp_path: Path) -> None:
+    session = session_factory(make_config(state={"name": "file", "options": {"path": str(tmp_path)}}))
+    handle = session.run(inputs={"topic": "owls"}, mode="background")
+    handle.result()
+    other = ExecutionSession(make_config(state={"name": "file", "options": {"path": str(tmp_path)}}))
+    try:
+        attached = other.attach(handle.to_json())
+        assert attached.status() == RunStatus.SUCCEEDED
+        assert attached.result().outputs == handle.result().outputs
+        assert [e.kind for e in attached.stream()] == [e.kind for e in handle.stream()]
+        assert attached.metrics.total_tokens == handle.metrics.total_tokens
+    finally:
+        other.close()
+
+
+def test_llm_usable_without_any_run(session_factory: Any) -> None:
+    session = session_factory()
+    assert session.llm().generate("Research owls").text.startswith("Fact one")
+
+
+def test_closed_session_refuses_runs(session_factory: Any) -> None:
+    session = session_factory()
+    session.close()
+    with pytest.raises(Exception, match="closed"):
+        session.run(inputs={"topic": "x"})

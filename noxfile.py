@@ -1,0 +1,106 @@
+"""Sessions: each distribution installed alone into a fresh environment and tested there,
+the cross-package tests, lint, types, the demo and the benchmarks.
+
+``nox`` runs the default set (the whole test suite, as CI does); ``nox -s bench`` prints the
+benchmark figures; ``nox -s demo`` runs the quickstart.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["core", "plugin", "cross", "lint", "types", "demo"]
+nox.options.error_on_missing_interpreters = True
+
+CORE = "./amsha-core"
+PLUGINS = [
+    "amsha-provider-openai",
+    "amsha-orchestrator-crewai",
+    "amsha-orchestrator-langgraph",
+    "amsha-state-sqlite",
+]
+# Frameworks phone home unless told not to; tests and demos run offline.
+OFFLINE_ENV = {
+    "CREWAI_DISABLE_TELEMETRY": "true",
+    "CREWAI_TRACING_ENABLED": "false",
+    "CREWAI_DISABLE_VERSION_CHECK": "true",
+    "LANGCHAIN_TRACING_V2": "false",
+    "UV_COMPILE_BYTECODE": "1",
+}
+
+
+def _env(session: nox.Session) -> None:
+    session.env.update(OFFLINE_ENV)
+    session.env.pop("AMSHA_LOAD_PLUGINS", None)
+    session.env.pop("AMSHA_DISABLE_PLUGIN_AUTOLOAD", None)
+
+
+@nox.session
+def core(session: nox.Session) -> None:
+    """amsha-core alone with its declared dependencies: its own tests."""
+    _env(session)
+    session.install(f"{CORE}[test]")
+    session.run("python", "-c", "import amsha, sys; assert not [m for m in sys.modules if m.split('.')[0] in ('openai', 'crewai', 'langchain_core', 'langgraph')]")
+    session.run("pytest", "amsha-core/tests", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("dist", PLUGINS, ids=[p.removeprefix("amsha-") for p in PLUGINS])
+def plugin(session: nox.Session, dist: str) -> None:
+    """One plugin with amsha-core and nothing else: smoke import, discovery, its tests."""
+    _env(session)
+    session.install(CORE, f"./{dist}[test]")
+    module = {"amsha-provider-openai": "amsha_openai", "amsha-orchestrator-crewai": "amsha_crewai",
+              "amsha-orchestrator-langgraph": "amsha_langgraph", "amsha-state-sqlite": "amsha_sqlite"}[dist]
+    session.run("python", "-c", f"import {module}.plugin")
+    session.run("amsha", "plugins")
+    session.run("pytest", f"{dist}/tests", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def cross(session: nox.Session) -> None:
+    """Cross-package tests: fresh environments with chosen plugins, end to end by CLI."""
+    _env(session)
+    session.install(f"{CORE}[test]", *[f"./{p}" for p in PLUGINS])
+    session.run("pytest", "tests", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff, with the core barred from importing any framework."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    """mypy, strict on the core package."""
+    session.install(CORE, "mypy>=1.10", "types-PyYAML", "pytest")
+    session.run("mypy", "amsha-core/src/amsha")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The quickstart: two agents, two tasks, streamed, with metrics; then its replay."""
+    _env(session)
+    session.install(CORE)
+    config = "examples/quickstart/amsha.yaml"
+    session.run("amsha", "run", config, "--input", "topic=tide pools")
+    session.run("amsha", "runs", "list", "--config", config, "--limit", "3")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks side by side with peers; one JSON line per figure."""
+    _env(session)
+    session.install(CORE, *[f"./{p}" for p in PLUGINS], "langchain-core>=0.3")
+    session.run("python", "bench/run.py", *session.posargs, env={"PYTHONDONTWRITEBYTECODE": ""})
+
+
+if os.environ.get("CI"):
+    nox.options.reuse_venv = "no"
