@@ -45,7 +45,11 @@ def core(session: nox.Session) -> None:
     """amsha-core alone with its declared dependencies: its own tests."""
     _env(session)
     session.install(f"{CORE}[test]")
-    session.run("python", "-c", "import amsha, sys; assert not [m for m in sys.modules if m.split('.')[0] in ('openai', 'crewai', 'langchain_core', 'langgraph')]")
+    session.run(
+        "python",
+        "-c",
+        "import amsha, sys; assert not [m for m in sys.modules if m.split('.')[0] in ('openai', 'crewai', 'langchain_core', 'langgraph')]",
+    )
     session.run("pytest", "amsha-core/tests", "-q", "-p", "no:cacheprovider", *session.posargs)
 
 
@@ -55,8 +59,12 @@ def plugin(session: nox.Session, dist: str) -> None:
     """One plugin with amsha-core and nothing else: smoke import, discovery, its tests."""
     _env(session)
     session.install(CORE, f"./{dist}[test]")
-    module = {"amsha-provider-openai": "amsha_openai", "amsha-orchestrator-crewai": "amsha_crewai",
-              "amsha-orchestrator-langgraph": "amsha_langgraph", "amsha-state-sqlite": "amsha_sqlite"}[dist]
+    module = {
+        "amsha-provider-openai": "amsha_openai",
+        "amsha-orchestrator-crewai": "amsha_crewai",
+        "amsha-orchestrator-langgraph": "amsha_langgraph",
+        "amsha-state-sqlite": "amsha_sqlite",
+    }[dist]
     session.run("python", "-c", f"import {module}.plugin")
     session.run("amsha", "plugins")
     session.run("pytest", f"{dist}/tests", "-q", "-p", "no:cacheprovider", *session.posargs)

@@ -6,10 +6,16 @@ import copy
 from typing import Any
 
 BASE: dict[str, Any] = {
-    "provider": {"name": "scripted", "model": "scripted-1", "options": {"responses": [
-        {"match": "Research", "text": "Fact one. Fact two. Fact three."},
-        {"match": "Write", "text": "A short paragraph built from the facts."},
-    ]}},
+    "provider": {
+        "name": "scripted",
+        "model": "scripted-1",
+        "options": {
+            "responses": [
+                {"match": "Research", "text": "Fact one. Fact two. Fact three."},
+                {"match": "Write", "text": "A short paragraph built from the facts."},
+            ]
+        },
+    },
     "agents": {
         "researcher": {"role": "Researcher", "goal": "Find facts about {topic}"},
         "writer": {"role": "Writer", "goal": "Write about {topic}"},

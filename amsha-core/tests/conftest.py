@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _amsha_support import make_config
 
 from amsha import ExecutionSession
 
-from _amsha_support import make_config
 
 @pytest.fixture
 def session_factory() -> Iterator[Any]:

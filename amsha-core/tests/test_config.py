@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _amsha_support import make_config
 
 from amsha import ExecutionSession, load_config
 from amsha.errors import ConfigError, UnknownBackendError
-
-from _amsha_support import make_config
 
 
 def _error(config: object) -> ConfigError:
@@ -32,7 +31,7 @@ def test_unknown_top_level_key_is_named() -> None:
 
 def test_wrong_type_names_key_and_value() -> None:
     err = _error(make_config(retry={"max_retries": "many"}))
-    (key, msg), = err.problems
+    ((key, msg),) = err.problems
     assert key == "retry.max_retries"
     assert "integer" in msg and "'many'" in msg
 

@@ -68,7 +68,9 @@ def test_retries_stop_at_max_and_raise_the_typed_error() -> None:
     assert log.events[-1].kind == "llm.failed"
 
 
-@pytest.mark.parametrize(("kind", "error"), [("bad_request", BadRequestError), ("not_found", NotFoundError), ("auth", ProviderError)])
+@pytest.mark.parametrize(
+    ("kind", "error"), [("bad_request", BadRequestError), ("not_found", NotFoundError), ("auth", ProviderError)]
+)
 def test_non_retryable_errors_fail_at_once(kind: str, error: type[Exception]) -> None:
     provider = scripted(failures=[{"kind": kind}])
     llm, log = logged(provider)
@@ -185,7 +187,14 @@ def test_structured_output_degrades_to_instructions() -> None:
 
 
 def test_tool_calls_round_trip_through_the_stream() -> None:
-    provider = scripted(responses=[{"text": "", "tool_calls": [{"name": "search", "arguments": {"q": "x"}}, {"name": "add", "arguments": "{\"a\": 1}"}]}])
+    provider = scripted(
+        responses=[
+            {
+                "text": "",
+                "tool_calls": [{"name": "search", "arguments": {"q": "x"}}, {"name": "add", "arguments": '{"a": 1}'}],
+            }
+        ]
+    )
     llm = LLM(provider)
     with llm.stream("use tools") as stream:
         list(stream)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _amsha_support import make_config
 
 from amsha import Event, ExecutionMode, ExecutionSession, ExecutionState, RunStatus
 from amsha.errors import (
@@ -22,8 +23,6 @@ from amsha.errors import (
     ServerError,
     VersionConflictError,
 )
-
-from _amsha_support import make_config
 
 SLOW = {"token_delay_s": 0.05}
 
@@ -127,7 +126,7 @@ def test_cancel_closes_the_stream_within_100ms(session_factory: Any, mode: str) 
             break
     started = time.perf_counter()
     assert handle.cancel("enough") in (True, False)
-    with pytest.raises(RunCancelledError, match="enough|consumer"):
+    with pytest.raises(RunCancelledError, match=r"enough|consumer"):
         handle.result(timeout=1)
     assert time.perf_counter() - started < 0.1
     assert handle.status() == RunStatus.CANCELLED
@@ -161,7 +160,12 @@ def test_detached_run_survives_its_stream_closing(session_factory: Any) -> None:
 
 
 def test_cancel_keeps_the_last_snapshot(session_factory: Any) -> None:
-    config = make_config(provider_options={"responses": [{"match": "Research", "text": "done"}, {"text": "a b c d e f g h"}], "token_delay_s": 0.1})
+    config = make_config(
+        provider_options={
+            "responses": [{"match": "Research", "text": "done"}, {"text": "a b c d e f g h"}],
+            "token_delay_s": 0.1,
+        }
+    )
     session = session_factory(config)
     state = ExecutionState()
     handle = session.run(inputs={"topic": "owls"}, state=state)
@@ -240,7 +244,9 @@ def test_replay_reports_divergence(session_factory: Any) -> None:
     session = session_factory()
     handle = session.run(inputs={"topic": "owls"})
     handle.result()
-    session.registry.tasks["write"] = session.registry.tasks["write"].model_copy(update={"description": "Write it differently."})
+    session.registry.tasks["write"] = session.registry.tasks["write"].model_copy(
+        update={"description": "Write it differently."}
+    )
     with pytest.raises(RunFailedError) as info:
         session.replay(handle.run_id).result()
     cause = info.value.cause
@@ -271,13 +277,24 @@ class Raising:
         pass
 
 
-def test_observers_see_every_event_and_a_raising_one_breaks_nothing(session_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_observers_see_every_event_and_a_raising_one_breaks_nothing(
+    session_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     recorder = Recorder()
     session = session_factory(make_config(), observers=[Raising(), recorder])
     handle = session.run(inputs={"topic": "owls"})
     assert handle.result().status == RunStatus.SUCCEEDED
     assert [e.seq for e in recorder.events] == list(range(len(recorder.events)))
-    assert {e.kind for e in recorder.events} >= {"run.started", "task.started", "llm.started", "llm.token", "llm.finished", "task.finished", "state.snapshot", "run.finished"}
+    assert {e.kind for e in recorder.events} >= {
+        "run.started",
+        "task.started",
+        "llm.started",
+        "llm.token",
+        "llm.finished",
+        "task.finished",
+        "state.snapshot",
+        "run.finished",
+    }
     assert Raising.calls == 1
     assert sum("observer bug" in r.getMessage() for r in caplog.records) == 1
 

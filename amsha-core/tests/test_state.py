@@ -48,7 +48,7 @@ def test_non_json_values_are_rejected_naming_the_key(value: Any, key: str) -> No
     state = ExecutionState()
     with pytest.raises(NonJSONValueError) as info:
         state["k"] = value
-    assert repr(key.split(".")[-1]) in str(info.value) or key in str(info.value)
+    assert repr(key.rsplit(".", maxsplit=1)[-1]) in str(info.value) or key in str(info.value)
     assert "k" not in state
 
 

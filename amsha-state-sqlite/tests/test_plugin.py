@@ -4,10 +4,7 @@ import json
 import subprocess
 import sys
 
-import pytest
-
-from amsha import ExecutionSession, load_plugins
-from amsha.errors import UnknownBackendError
+from amsha import load_plugins
 
 
 def test_entry_point_is_discovered() -> None:
@@ -20,7 +17,9 @@ def test_entry_point_is_discovered() -> None:
 
 
 def test_cli_lists_it() -> None:
-    out = subprocess.run([sys.executable, "-m", "amsha", "plugins", "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "amsha", "plugins", "--json"], capture_output=True, text=True, check=True
+    )
     names = [p["name"] for p in json.loads(out.stdout)["plugins"]]
     assert "sqlite" in names
 

@@ -49,7 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run tasks from a config")
     p.add_argument("config", help="path to amsha.yaml / amsha.toml")
     p.add_argument("--task", action="append", dest="tasks", metavar="NAME", help="a task to run (repeatable, in order)")
-    p.add_argument("--input", action="append", dest="inputs", default=[], metavar="KEY=VALUE", help="fills {KEY} in agent and task texts")
+    p.add_argument(
+        "--input",
+        action="append",
+        dest="inputs",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fills {KEY} in agent and task texts",
+    )
     p.add_argument("--mode", choices=["interactive", "background"], default="interactive")
     p.add_argument("--json", action="store_true", help="print one JSON object: run_id, status, outputs, metrics")
 
@@ -64,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
         r = rsub.add_parser(name, help=help_text)
         if name != "list":
             r.add_argument("run_id")
-        r.add_argument("--config", help="config whose state store holds the runs (default: ./amsha.yaml or ./amsha.toml)")
+        r.add_argument(
+            "--config", help="config whose state store holds the runs (default: ./amsha.yaml or ./amsha.toml)"
+        )
         r.add_argument("--json", action="store_true")
         if name == "list":
             r.add_argument("--limit", type=int, default=20)
@@ -214,7 +223,9 @@ def _run(args: argparse.Namespace) -> int:
                     last = status
                 time.sleep(0.05)
             if renderer is not None:
-                for event in handle.stream(kinds=("task.finished", "task.failed", "run.finished", "run.failed", "run.cancelled")):
+                for event in handle.stream(
+                    kinds=("task.finished", "task.failed", "run.finished", "run.failed", "run.cancelled")
+                ):
                     renderer.on_event(event)
         try:
             result = handle.result()
@@ -308,7 +319,11 @@ def _runs(args: argparse.Namespace) -> int:
                 else:
                     where = "/".join(x for x in (e.task, e.agent) if x)
                     detail = e.text if e.kind == "llm.token" else ""
-                    print(f"{e.seq:>5}  {e.kind:<15} {where:<24} {detail!r}" if detail else f"{e.seq:>5}  {e.kind:<15} {where}")
+                    print(
+                        f"{e.seq:>5}  {e.kind:<15} {where:<24} {detail!r}"
+                        if detail
+                        else f"{e.seq:>5}  {e.kind:<15} {where}"
+                    )
             return 0
         # replay
         from .errors import RunCancelledError, RunFailedError
@@ -318,14 +333,37 @@ def _runs(args: argparse.Namespace) -> int:
             result = handle.result()
         except (RunFailedError, RunCancelledError) as exc:
             if args.json:
-                print(json.dumps({"run_id": handle.run_id, "replay_of": args.run_id, "status": handle.status(), "error": _one_line(exc)}))
+                print(
+                    json.dumps(
+                        {
+                            "run_id": handle.run_id,
+                            "replay_of": args.run_id,
+                            "status": handle.status(),
+                            "error": _one_line(exc),
+                        }
+                    )
+                )
             raise
         original = session.store.get_run(args.run_id)
         same = result.outputs == original.outputs
         if args.json:
-            print(json.dumps({"run_id": result.run_id, "replay_of": args.run_id, "status": result.status, "outputs": result.outputs, "matches_original": same}, indent=2, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {
+                        "run_id": result.run_id,
+                        "replay_of": args.run_id,
+                        "status": result.status,
+                        "outputs": result.outputs,
+                        "matches_original": same,
+                    },
+                    indent=2,
+                    ensure_ascii=False,
+                )
+            )
         else:
-            print(f"replayed {args.run_id} as {result.run_id}: {result.status}; outputs {'match' if same else 'DIFFER from'} the original")
+            print(
+                f"replayed {args.run_id} as {result.run_id}: {result.status}; outputs {'match' if same else 'DIFFER from'} the original"
+            )
             for name, output in result.outputs.items():
                 print(f"  {name}: {output}")
         return 0 if same else 1

@@ -139,7 +139,9 @@ class AmshaConfig(_Strict):
         for name, agent in self.agents.items():
             agent.name = name
             if agent.llm is not None and agent.llm not in self.llms:
-                problems.append((f"agents.{name}.llm", f"unknown llm {agent.llm!r}; expected one of: {_names(self.llms)}"))
+                problems.append(
+                    (f"agents.{name}.llm", f"unknown llm {agent.llm!r}; expected one of: {_names(self.llms)}")
+                )
             for i, tool in enumerate(agent.tools):
                 if tool not in self.tools:
                     problems.append((f"agents.{name}.tools[{i}]", f"unknown tool {tool!r}; declare it under 'tools'"))
@@ -147,10 +149,14 @@ class AmshaConfig(_Strict):
         for name, task in self.tasks.items():
             task.name = name
             if task.agent not in self.agents:
-                problems.append((f"tasks.{name}.agent", f"unknown agent {task.agent!r}; expected one of: {_names(self.agents)}"))
+                problems.append(
+                    (f"tasks.{name}.agent", f"unknown agent {task.agent!r}; expected one of: {_names(self.agents)}")
+                )
             for i, ref in enumerate(task.context):
                 if ref not in self.tasks:
-                    problems.append((f"tasks.{name}.context[{i}]", f"unknown task {ref!r}; expected one of: {_names(self.tasks)}"))
+                    problems.append(
+                        (f"tasks.{name}.context[{i}]", f"unknown task {ref!r}; expected one of: {_names(self.tasks)}")
+                    )
                 elif order.index(ref) >= order.index(name) and not self.pipeline:
                     problems.append((f"tasks.{name}.context[{i}]", f"task {ref!r} must come before {name!r}"))
             for i, tool in enumerate(task.tools):
@@ -239,7 +245,9 @@ def _read_file(path: Path) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise ConfigError([("", f"invalid JSON: {exc}")], source=str(path)) from None
     else:
-        raise ConfigError([("", f"unsupported config file type {suffix!r}; expected .yaml, .yml, .toml or .json")], source=str(path))
+        raise ConfigError(
+            [("", f"unsupported config file type {suffix!r}; expected .yaml, .yml, .toml or .json")], source=str(path)
+        )
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -261,10 +269,11 @@ def _include_registry_files(data: dict[str, Any], base_dir: Path, source: str | 
         loaded = _read_file(path)
         known = set(model.model_fields)
         entries: dict[str, Any] = {}
-        for name, entry in loaded.items():
-            if isinstance(entry, dict):
-                extra = {k: v for k, v in entry.items() if k not in known}
-                entry = {k: v for k, v in entry.items() if k in known}
+        for name, raw in loaded.items():
+            entry = raw
+            if isinstance(raw, dict):
+                extra = {k: v for k, v in raw.items() if k not in known}
+                entry = {k: v for k, v in raw.items() if k in known}
                 if extra:
                     entry["options"] = {**extra, **entry.get("options", {})}
             entries[name] = entry

@@ -148,7 +148,7 @@ class PluginVersionError(PluginError):
         dist = distribution or plugin
         super().__init__(
             f"plugin {plugin!r} targets Amsha plugin API {plugin_api}, but this amsha-core speaks "
-            f"{core_api}; install a release of {dist} built for plugin API {core_api.split('.')[0]}.x "
+            f"{core_api}; install a release of {dist} built for plugin API {core_api.split('.', maxsplit=1)[0]}.x "
             f"(or an amsha-core that speaks {plugin_api})"
         )
 
@@ -156,7 +156,9 @@ class PluginVersionError(PluginError):
 class UnknownBackendError(PluginError):
     """A config selects a backend name that no loaded plugin registers."""
 
-    def __init__(self, kind: str, name: str, installed: list[str], *, hint: str | None = None, key: str | None = None) -> None:
+    def __init__(
+        self, kind: str, name: str, installed: list[str], *, hint: str | None = None, key: str | None = None
+    ) -> None:
         self.kind = kind
         self.name = name
         self.installed = installed
@@ -392,7 +394,11 @@ def error_from_dict(data: dict[str, Any]) -> AmshaError:
         _BY_NAME.update({c.__name__: c for c in _all_subclasses(AmshaError)})
     cls = _BY_NAME.get(str(data.get("type")))
     message = str(data.get("message", ""))
-    if cls is not None and issubclass(cls, ProviderError) and cls not in (RateLimitError, StreamInterruptedError, StructuredOutputError):
+    if (
+        cls is not None
+        and issubclass(cls, ProviderError)
+        and cls not in (RateLimitError, StreamInterruptedError, StructuredOutputError)
+    ):
         return cls(message, provider=data.get("provider"), status=data.get("status"))
     err = ExecutionError(f"{data.get('type')}: {message}")
     return err

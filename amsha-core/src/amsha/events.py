@@ -25,7 +25,7 @@ EVENT_SCHEMA = 1
 """Schema version stamped on every event; an unknown version fails on load."""
 
 
-class EventKind(str, enum.Enum):
+class EventKind(enum.StrEnum):
     """The kinds of events Amsha emits. Orchestrators may add ``framework.*`` kinds."""
 
     RUN_STARTED = "run.started"
@@ -48,9 +48,6 @@ class EventKind(str, enum.Enum):
     STATE_SNAPSHOT = "state.snapshot"
     OBSERVER_ERROR = "observer.error"
     FRAMEWORK = "framework"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 TERMINAL_KINDS = frozenset({"run.finished", "run.failed", "run.cancelled"})

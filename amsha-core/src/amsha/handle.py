@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["ExecutionHandle", "ExecutionMode", "RunResult"]
 
 
-class ExecutionMode(str, enum.Enum):
+class ExecutionMode(enum.StrEnum):
     """How a run executes.
 
     ``INTERACTIVE``: streaming, token by token, cancelable; closing the stream early cancels
@@ -38,9 +38,6 @@ class ExecutionMode(str, enum.Enum):
 
     INTERACTIVE = "interactive"
     BACKGROUND = "background"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(slots=True)
@@ -71,7 +68,15 @@ POLL_S = 0.05
 class ExecutionHandle:
     """The client's grip on one run. Create runs with ``ExecutionSession.run``/``arun``."""
 
-    def __init__(self, run_id: str, mode: ExecutionMode, *, run: _Run | None = None, store: StateStore | None = None, detach: bool = False) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        mode: ExecutionMode,
+        *,
+        run: _Run | None = None,
+        store: StateStore | None = None,
+        detach: bool = False,
+    ) -> None:
         self.run_id = run_id
         self.mode = mode
         self.detached = detach
@@ -104,7 +109,9 @@ class ExecutionHandle:
             try:
                 self._run.done.result(timeout)
             except concurrent.futures.TimeoutError:
-                raise RunTimeoutError(f"run {self.run_id} did not finish within {timeout}s; it is still {self.status()}") from None
+                raise RunTimeoutError(
+                    f"run {self.run_id} did not finish within {timeout}s; it is still {self.status()}"
+                ) from None
             return self._run.outcome()
         return self._poll_result(timeout)
 
@@ -113,8 +120,10 @@ class ExecutionHandle:
         if self._run is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._run.done)), timeout)
-            except (asyncio.TimeoutError, TimeoutError):
-                raise RunTimeoutError(f"run {self.run_id} did not finish within {timeout}s; it is still {self.status()}") from None
+            except TimeoutError:
+                raise RunTimeoutError(
+                    f"run {self.run_id} did not finish within {timeout}s; it is still {self.status()}"
+                ) from None
             return self._run.outcome()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -122,7 +131,9 @@ class ExecutionHandle:
             if record.status in RunStatus.TERMINAL:
                 return _result_from_record(record, self._store)
             if deadline is not None and time.monotonic() > deadline:
-                raise RunTimeoutError(f"run {self.run_id} did not finish within {timeout}s; it is still {record.status}")
+                raise RunTimeoutError(
+                    f"run {self.run_id} did not finish within {timeout}s; it is still {record.status}"
+                )
             await asyncio.sleep(POLL_S)
 
     def _record(self) -> RunRecord:
@@ -136,7 +147,9 @@ class ExecutionHandle:
             if record.status in RunStatus.TERMINAL:
                 return _result_from_record(record, self._store)
             if deadline is not None and time.monotonic() > deadline:
-                raise RunTimeoutError(f"run {self.run_id} did not finish within {timeout}s; it is still {record.status}")
+                raise RunTimeoutError(
+                    f"run {self.run_id} did not finish within {timeout}s; it is still {record.status}"
+                )
             time.sleep(POLL_S)
 
     # ---- streaming ----------------------------------------------------------------------
@@ -248,10 +261,10 @@ class ExecutionHandle:
             while True:
                 wake.clear()
                 if len(log.events) > seen:
-                    batch = log.events[seen:]
-                    seen += len(batch)
-                    for event in batch:
-                        yield event
+                    fresh = log.events[seen:]
+                    seen += len(fresh)
+                    for item in fresh:
+                        yield item
                     continue
                 if log.closed:
                     return

@@ -61,7 +61,9 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4 if text else 0
 
 
-def retry_delay(error: BaseException, attempt: int, policy: RetryConfig, rng: random.Random | None = None) -> float | None:
+def retry_delay(
+    error: BaseException, attempt: int, policy: RetryConfig, rng: random.Random | None = None
+) -> float | None:
     """Seconds to wait before retry number ``attempt`` (1-based), or None to give up.
 
     Only :class:`ProviderError` with ``retryable`` set is retried. A Retry-After from the
@@ -74,9 +76,9 @@ def retry_delay(error: BaseException, attempt: int, policy: RetryConfig, rng: ra
         if error.retry_after > policy.max_retry_after_s:
             return None
         return max(0.0, error.retry_after)
-    ceiling = min(policy.max_backoff_s, policy.initial_backoff_s * (2 ** (attempt - 1)))
+    ceiling = min(policy.max_backoff_s, policy.initial_backoff_s * 2.0 ** (attempt - 1))
     if policy.jitter:
-        return (rng or random).uniform(0, ceiling)
+        return float((rng or random).uniform(0, ceiling))
     return ceiling
 
 
@@ -129,8 +131,8 @@ class _Call:
     """Book-keeping of one call: timing, text, tool calls, usage, events."""
 
     __slots__ = (
-        "ctx",
         "call_id",
+        "ctx",
         "finish_reason",
         "log",
         "model",
@@ -469,8 +471,11 @@ class LLM:
         if response_format is not None and not self.provider.capabilities.structured_output:
             # Graceful degradation: ask for the schema in words when the API cannot enforce it.
             msgs = [
-                Message("system", "Reply with only a JSON value matching this JSON schema:\n"
-                        + json.dumps(response_format.get("schema", response_format))),
+                Message(
+                    "system",
+                    "Reply with only a JSON value matching this JSON schema:\n"
+                    + json.dumps(response_format.get("schema", response_format)),
+                ),
                 *msgs,
             ]
         return LLMRequest(

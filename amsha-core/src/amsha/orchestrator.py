@@ -45,7 +45,9 @@ class TaskScope:
 
     def __enter__(self) -> TaskScope:
         self.run.check_cancelled()
-        self.run.emit("task.started", span_id=self.span_id, task=self.name, agent=self.agent, data={"agent": self.agent})
+        self.run.emit(
+            "task.started", span_id=self.span_id, task=self.name, agent=self.agent, data={"agent": self.agent}
+        )
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
@@ -140,7 +142,14 @@ class RunContext:
         data: dict[str, Any] | None = None,
     ) -> None:
         """Emit an event into this run (orchestrators use ``framework.*`` kinds for their own)."""
-        self.log.emit(kind, span_id or self.run_id, parent_id if parent_id is not None else self.run_id, task=task, agent=agent, data=data)
+        self.log.emit(
+            kind,
+            span_id or self.run_id,
+            parent_id if parent_id is not None else self.run_id,
+            task=task,
+            agent=agent,
+            data=data,
+        )
 
     def finish_task(self, name: str, output: Any, *, span_id: str | None = None, agent: str | None = None) -> None:
         """Record a task's output: into the state under the task's name, snapshot, event."""
@@ -149,8 +158,12 @@ class RunContext:
         self.emit("task.finished", span_id=span_id, task=name, agent=agent, data={"output": output})
         self._snapshot(f"task {name} finished")
 
-    def fail_task(self, name: str, error: BaseException, *, span_id: str | None = None, agent: str | None = None) -> None:
-        data = error.to_dict() if isinstance(error, AmshaError) else {"type": type(error).__name__, "message": str(error)}
+    def fail_task(
+        self, name: str, error: BaseException, *, span_id: str | None = None, agent: str | None = None
+    ) -> None:
+        data: dict[str, Any] = (
+            error.to_dict() if isinstance(error, AmshaError) else {"type": type(error).__name__, "message": str(error)}
+        )
         if isinstance(error, RunCancelledError | asyncio.CancelledError):
             data["cancelled"] = True
         self.emit("task.failed", span_id=span_id, task=name, agent=agent, data={"error": data})

@@ -175,7 +175,9 @@ class PluginSet:
                 hint = (hint + "; " if hint else "") + f"plugins that failed to load: {names}"
             raise UnknownBackendError(kind.replace("_", " "), name, self.names(kind), hint=hint, key=key)
         if len(entries) > 1:
-            raise DuplicatePluginError(kind.replace("_", " "), name, [f"{e.plugin} ({e.distribution or 'in code'})" for e in entries])
+            raise DuplicatePluginError(
+                kind.replace("_", " "), name, [f"{e.plugin} ({e.distribution or 'in code'})" for e in entries]
+            )
         entry = entries[0]
         if entry.api.split(".")[0] != hookspecs.PLUGIN_API_VERSION.split(".")[0]:
             raise PluginVersionError(entry.plugin, entry.api, hookspecs.PLUGIN_API_VERSION, entry.distribution)
@@ -189,7 +191,9 @@ class PluginSet:
                     out.append(DuplicatePluginError(kind, name, [e.plugin for e in entries]))
         return out
 
-    def add(self, plugin: object, *, name: str, distribution: str | None, version: str | None, builtin: bool = False) -> None:
+    def add(
+        self, plugin: object, *, name: str, distribution: str | None, version: str | None, builtin: bool = False
+    ) -> None:
         """Register one plugin object (module or instance) and collect its backends."""
         api = str(getattr(plugin, "AMSHA_PLUGIN_API", hookspecs.PLUGIN_API_VERSION))
         info = PluginInfo(
@@ -198,7 +202,7 @@ class PluginSet:
             distribution=distribution,
             version=version,
             api=api,
-            compatible=api.split(".")[0] == hookspecs.PLUGIN_API_VERSION.split(".")[0],
+            compatible=api.split(".", maxsplit=1)[0] == hookspecs.PLUGIN_API_VERSION.split(".")[0],
             builtin=builtin,
         )
         self.plugins.append(info)

@@ -45,7 +45,9 @@ class Registry:
     def add_task(self, name: str, description: str, agent: str, **fields: Any) -> TaskSpec:
         """Register a task in code; its agent must already be registered."""
         if agent not in self.agents:
-            raise InputError(f"task {name!r}: unknown agent {agent!r}; registered agents: {', '.join(self.agents) or 'none'}")
+            raise InputError(
+                f"task {name!r}: unknown agent {agent!r}; registered agents: {', '.join(self.agents) or 'none'}"
+            )
         spec = TaskSpec(name=name, description=description, agent=agent, **fields)
         self.tasks[name] = spec
         return spec

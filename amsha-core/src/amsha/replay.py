@@ -55,10 +55,14 @@ class ReplayProvider:
                 if start is None:
                     continue
                 fingerprint = dict(start.data.get("fingerprint") or {})
-                exchange = _Exchange(fingerprint, LLMResponse.from_dict(event.data["response"]), tokens.get(event.span_id, []))
+                exchange = _Exchange(
+                    fingerprint, LLMResponse.from_dict(event.data["response"]), tokens.get(event.span_id, [])
+                )
                 self._order.append(exchange)
                 self._by_hash.setdefault(str(fingerprint.get("request_hash")), deque()).append(exchange)
-        self.capabilities = ProviderCapabilities(streaming=True, tools=True, structured_output=True, usage_in_stream=True, native_async=True)
+        self.capabilities = ProviderCapabilities(
+            streaming=True, tools=True, structured_output=True, usage_in_stream=True, native_async=True
+        )
 
     def view(self, llm_name: str) -> ReplayProvider:
         """This provider as the recorded LLM ``llm_name`` saw it (its capabilities shape
@@ -103,7 +107,9 @@ class ReplayProvider:
         for piece in pieces:
             yield LLMChunk(text=piece)
         deltas = [ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(response.tool_calls)] or None
-        yield LLMChunk(tool_calls=deltas, finish_reason=response.finish_reason, usage=response.usage, model=response.model)
+        yield LLMChunk(
+            tool_calls=deltas, finish_reason=response.finish_reason, usage=response.usage, model=response.model
+        )
 
     async def agenerate(self, request: LLMRequest) -> LLMResponse:
         return self.generate(request)

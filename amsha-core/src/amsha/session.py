@@ -91,7 +91,9 @@ class ExecutionSession:
             for name, (pcfg, key) in self._llm_configs.items()
         }
         self.store: StateStore = self._build("state_store", cfg.state.name, cfg.state.options, "state")
-        self.orchestrator: IOrchestrator = self._build("orchestrator", cfg.orchestrator.name, cfg.orchestrator.options, "orchestrator")
+        self.orchestrator: IOrchestrator = self._build(
+            "orchestrator", cfg.orchestrator.name, cfg.orchestrator.options, "orchestrator"
+        )
         self.observers: list[Observer] = [
             self._build("observer", o.name, o.options, f"observers[{i}]") for i, o in enumerate(cfg.observers)
         ]
@@ -99,7 +101,9 @@ class ExecutionSession:
 
     # ---- construction -------------------------------------------------------------------
 
-    def _validate(self, kind: str, name: str, options: dict[str, Any], key: str, model: str | None = None) -> BackendContext:
+    def _validate(
+        self, kind: str, name: str, options: dict[str, Any], key: str, model: str | None = None
+    ) -> BackendContext:
         entry = self.plugins.get(kind, name, key=f"{key}.name")
         validated = entry.validate_options(options, f"{key}.options")
         return BackendContext(kind, name, validated, self.config, self.base_dir, model, key)
@@ -112,7 +116,9 @@ class ExecutionSession:
         except AmshaError:
             raise
         except Exception as exc:
-            raise ConfigError([(key, f"{kind.replace('_', ' ')} {name!r} could not be built: {type(exc).__name__}: {exc}")]) from exc
+            raise ConfigError(
+                [(key, f"{kind.replace('_', ' ')} {name!r} could not be built: {type(exc).__name__}: {exc}")]
+            ) from exc
 
     @property
     def source(self) -> str | None:
@@ -125,7 +131,9 @@ class ExecutionSession:
         Usable on its own, outside any run: ``session.llm().generate("hi")``.
         """
         if name is not None and name not in self._llm_configs:
-            raise InputError(f"unknown llm {name!r}; configured llms: {', '.join(n for n in self._llm_configs if n) or 'none'}")
+            raise InputError(
+                f"unknown llm {name!r}; configured llms: {', '.join(n for n in self._llm_configs if n) or 'none'}"
+            )
         with self._lock:
             llm = self._providers.get(name)
             if llm is None:
@@ -264,7 +272,9 @@ class ExecutionSession:
         if local is not None:
             return ExecutionHandle(run_id, local.mode, run=local, detach=True)
         record = self.store.get_run(run_id)
-        return ExecutionHandle(run_id, ExecutionMode(record.mode) if record.mode else mode, store=self.store, detach=True)
+        return ExecutionHandle(
+            run_id, ExecutionMode(record.mode) if record.mode else mode, store=self.store, detach=True
+        )
 
     def replay(self, run_id: str, *, mode: ExecutionMode | str = ExecutionMode.INTERACTIVE) -> ExecutionHandle:
         """Re-run a finished run offline from its recorded LLM exchanges: the same tasks,
@@ -280,7 +290,9 @@ class ExecutionSession:
         if record.state_id and record.base_version:
             snap = self.store.get_state(record.state_id, record.base_version)
             state = ExecutionState(snap.data)
-        run = self._prepare(record.tasks, record.inputs, state, mode, None, provider_override=provider, replay_of=run_id)
+        run = self._prepare(
+            record.tasks, record.inputs, state, mode, None, provider_override=provider, replay_of=run_id
+        )
         run.start_record()
         run.loop_future = _loop.submit(run.execute())
         return ExecutionHandle(run.run_id, run.mode, run=run)
@@ -304,7 +316,12 @@ class ExecutionSession:
         for run in list(self._runs.values()):
             if run.status not in RunStatus.TERMINAL and run.mode is ExecutionMode.INTERACTIVE:
                 run.cancel("the session was closed")
-        for obj in [*self.observers, self.orchestrator, *(llm.provider for llm in self._providers.values()), self.store]:
+        for obj in [
+            *self.observers,
+            self.orchestrator,
+            *(llm.provider for llm in self._providers.values()),
+            self.store,
+        ]:
             close = getattr(obj, "close", None)
             if close is not None:
                 try:
@@ -417,7 +434,13 @@ class _Run:
             except Exception as exc:
                 # Reported once; the observer is skipped for the rest of the run.
                 self._broken_observers.add(key)
-                log.warning("amsha: run %s: observer %r raised %s: %s; it is skipped for this run", self.run_id, observer, type(exc).__name__, exc)
+                log.warning(
+                    "amsha: run %s: observer %r raised %s: %s; it is skipped for this run",
+                    self.run_id,
+                    observer,
+                    type(exc).__name__,
+                    exc,
+                )
 
         return sink
 
@@ -442,7 +465,12 @@ class _Run:
             return  # nothing changed since the last snapshot
         self.state.commit(self.session.store, run_id=self.run_id, reason=reason)
         self.record.state_version = self.state.version
-        self.log.emit("state.snapshot", self.run_id, None, data={"state_id": self.state.state_id, "version": self.state.version, "reason": reason})
+        self.log.emit(
+            "state.snapshot",
+            self.run_id,
+            None,
+            data={"state_id": self.state.state_id, "version": self.state.version, "reason": reason},
+        )
 
     async def execute(self) -> None:
         """The run itself; never raises (the outcome is in the record and the handle)."""
@@ -470,7 +498,11 @@ class _Run:
                 "run.started",
                 self.run_id,
                 None,
-                data={"mode": self.mode.value, "tasks": self.task_names, "orchestrator": getattr(self.session.orchestrator, "name", None)},
+                data={
+                    "mode": self.mode.value,
+                    "tasks": self.task_names,
+                    "orchestrator": getattr(self.session.orchestrator, "name", None),
+                },
             )
             await asyncio.to_thread(self.session.store.put_run, self.record)
             if self.cancel_event.is_set():
@@ -489,7 +521,9 @@ class _Run:
         except BaseException as exc:  # the outcome is reported through the handle
             self.outputs = dict(ctx.outputs)
             self.exception = exc
-            self.error = exc.to_dict() if isinstance(exc, AmshaError) else {"type": type(exc).__name__, "message": str(exc)}
+            self.error = (
+                exc.to_dict() if isinstance(exc, AmshaError) else {"type": type(exc).__name__, "message": str(exc)}
+            )
             task_name = getattr(exc, "task_name", None)
             if task_name:
                 self.error["task"] = task_name
@@ -509,7 +543,12 @@ class _Run:
             kind,
             self.run_id,
             None,
-            data={**data, "outputs": self.outputs, "latency_s": now - (self.record.started_at or now), "metrics": self.collector.metrics.to_dict()},
+            data={
+                **data,
+                "outputs": self.outputs,
+                "latency_s": now - (self.record.started_at or now),
+                "metrics": self.collector.metrics.to_dict(),
+            },
         )
         self.flush()
         self.record.status = status
@@ -549,7 +588,9 @@ class _Run:
     def start_remote(self, executor: concurrent.futures.Executor) -> None:
         session = self.session
         if session._extra_plugins or session._tool_overrides:
-            raise InputError("runs on a non-thread executor rebuild the session from config: pass plugins and tools through config")
+            raise InputError(
+                "runs on a non-thread executor rebuild the session from config: pass plugins and tools through config"
+            )
         spec = {
             "config": session.config.model_dump(mode="json"),
             "base_dir": str(session.base_dir),
@@ -608,7 +649,9 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         with ExecutionSession(config) as session:
             state = ExecutionState.load(spec["state"])
-            handle = session.run(spec["tasks"], inputs=spec["inputs"], state=state, run_id=spec["run_id"], mode=ExecutionMode.BACKGROUND)
+            handle = session.run(
+                spec["tasks"], inputs=spec["inputs"], state=state, run_id=spec["run_id"], mode=ExecutionMode.BACKGROUND
+            )
             try:
                 handle.result()
             except (AmshaError, RunCancelledError):
@@ -623,4 +666,3 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             }
     finally:
         os.chdir(cwd)
-

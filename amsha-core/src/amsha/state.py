@@ -213,11 +213,11 @@ class RunRecord:
     replay_of: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
-        names = set(cls.__slots__)  # type: ignore[attr-defined]
+        names = set(cls.__slots__)
         return cls(**{k: v for k, v in data.items() if k in names})
 
 

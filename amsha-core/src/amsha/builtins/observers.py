@@ -7,7 +7,7 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from pydantic import BaseModel, ConfigDict
 
@@ -61,7 +61,9 @@ class ConsoleObserver:
             self.console.print(f"[red]✘ task {event.task} failed: {err.get('type')}: {err.get('message')}[/]")
         elif kind == "llm.retry":
             d = event.data
-            self.console.print(f"[yellow]↻ retry {d.get('attempt')} in {d.get('wait_s')}s after {d.get('error', {}).get('type')}[/]")
+            self.console.print(
+                f"[yellow]↻ retry {d.get('attempt')} in {d.get('wait_s')}s after {d.get('error', {}).get('type')}[/]"
+            )
         elif kind == "run.finished":
             m = event.data.get("metrics", {}).get("total", {})
             self.console.print(
@@ -94,7 +96,7 @@ class JsonlObserver:
         self.path = Path(path)
         self.tokens = tokens
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] | None = open(self.path, "a", encoding="utf-8")
+        self._fh: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the session)
         self._lock = threading.Lock()
 
     def on_event(self, event: Event) -> None:
@@ -121,5 +123,3 @@ def build_jsonl(ctx: BackendContext) -> JsonlObserver:
     opts: JsonlOptions = ctx.options
     path = Path(opts.path)
     return JsonlObserver(path if path.is_absolute() else ctx.base_dir / path, tokens=opts.tokens)
-
-

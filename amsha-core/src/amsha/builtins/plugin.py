@@ -39,5 +39,10 @@ def amsha_register_state_stores(register: Register) -> None:
 
 @hookimpl
 def amsha_register_observers(register: Register) -> None:
-    register("console", "amsha.builtins.observers:build_console", options=ConsoleOptions, description="live tokens and progress")
+    register(
+        "console",
+        "amsha.builtins.observers:build_console",
+        options=ConsoleOptions,
+        description="live tokens and progress",
+    )
     register("jsonl", "amsha.builtins.observers:build_jsonl", options=JsonlOptions, description="events as JSON lines")

@@ -51,7 +51,15 @@ class Failure(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal[
-        "rate_limit", "server", "timeout", "connection", "auth", "permission", "not_found", "bad_request", "stream_interrupt"
+        "rate_limit",
+        "server",
+        "timeout",
+        "connection",
+        "auth",
+        "permission",
+        "not_found",
+        "bad_request",
+        "stream_interrupt",
     ]
     times: int = Field(1, ge=1)
     retry_after: float | None = Field(None, ge=0)
@@ -85,7 +93,15 @@ _ERRORS: dict[str, type[errors.ProviderError]] = {
     "not_found": errors.NotFoundError,
     "bad_request": errors.BadRequestError,
 }
-_STATUS = {"rate_limit": 429, "server": 500, "timeout": 408, "auth": 401, "permission": 403, "not_found": 404, "bad_request": 400}
+_STATUS = {
+    "rate_limit": 429,
+    "server": 500,
+    "timeout": 408,
+    "auth": 401,
+    "permission": 403,
+    "not_found": 404,
+    "bad_request": 400,
+}
 
 
 class ScriptedProvider:
@@ -93,7 +109,13 @@ class ScriptedProvider:
 
     name = "scripted"
 
-    def __init__(self, options: ScriptedOptions | dict[str, Any] | None = None, *, model: str | None = None, base_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        options: ScriptedOptions | dict[str, Any] | None = None,
+        *,
+        model: str | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
         if not isinstance(options, ScriptedOptions):
             options = ScriptedOptions.model_validate(options or {})
         self.options = options
@@ -103,7 +125,8 @@ class ScriptedProvider:
             rules.extend(_load_rules(Path(base_dir or ".") / options.file))
         self.rules = [r if isinstance(r, ScriptedResponse) else ScriptedResponse(text=r) for r in rules]
         self._used = [0] * len(self.rules)
-        self._failures = [[f, f.times] for f in options.failures]
+        self._failures = list(options.failures)
+        self._failures_left = [f.times for f in options.failures]
         self._lock = threading.Lock()
         self.calls = 0
         self.capabilities = ProviderCapabilities(
@@ -124,10 +147,10 @@ class ScriptedProvider:
         with self._lock:
             self.calls += 1
             failure = None
-            for slot in self._failures:
-                if slot[1] > 0:
-                    slot[1] -= 1
-                    failure = slot[0]
+            for i, left in enumerate(self._failures_left):
+                if left > 0:
+                    self._failures_left[i] = left - 1
+                    failure = self._failures[i]
                     break
             for i, rule in enumerate(self.rules):
                 if rule.times is not None and self._used[i] >= rule.times:

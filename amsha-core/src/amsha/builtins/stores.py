@@ -62,11 +62,16 @@ class MemoryStore:
                 snap = versions[version - 1]
             else:
                 raise StateNotFoundError(f"state {state_id!r} has no version {version} (latest is {len(versions)})")
-            return StateSnapshot(snap.state_id, snap.version, copy.deepcopy(snap.data), snap.created_at, snap.run_id, snap.reason)
+            return StateSnapshot(
+                snap.state_id, snap.version, copy.deepcopy(snap.data), snap.created_at, snap.run_id, snap.reason
+            )
 
     def list_versions(self, state_id: str) -> list[StateSnapshot]:
         with self._lock:
-            return [StateSnapshot(s.state_id, s.version, {}, s.created_at, s.run_id, s.reason) for s in self._states.get(state_id, [])]
+            return [
+                StateSnapshot(s.state_id, s.version, {}, s.created_at, s.run_id, s.reason)
+                for s in self._states.get(state_id, [])
+            ]
 
     def put_run(self, record: RunRecord) -> None:
         with self._lock:
@@ -150,7 +155,14 @@ class FileStore:
             raise VersionConflictError(state_id, expected_version, latest)
         new = latest + 1
         body = json.dumps(
-            {"state_id": state_id, "version": new, "data": redact_obj(data), "created_at": time.time(), "run_id": run_id, "reason": reason},
+            {
+                "state_id": state_id,
+                "version": new,
+                "data": redact_obj(data),
+                "created_at": time.time(),
+                "run_id": run_id,
+                "reason": reason,
+            },
             ensure_ascii=False,
         )
         target = folder / f"{new:010d}.json"
@@ -168,7 +180,9 @@ class FileStore:
 
     def _read_snapshot(self, path: Path) -> StateSnapshot:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        return StateSnapshot(doc["state_id"], doc["version"], doc["data"], doc["created_at"], doc.get("run_id"), doc.get("reason", ""))
+        return StateSnapshot(
+            doc["state_id"], doc["version"], doc["data"], doc["created_at"], doc.get("run_id"), doc.get("reason", "")
+        )
 
     def get_state(self, state_id: str, version: int | None = None) -> StateSnapshot:
         versions = self._versions(state_id)
