@@ -177,6 +177,9 @@ def test_cancel_keeps_the_last_snapshot(session_factory: Any) -> None:
         handle.result(timeout=2)
     latest = session.store.get_state(state.state_id)
     assert latest.data == {"research": "done"}
+    with pytest.raises(RunCancelledError) as info:
+        handle.result()
+    assert info.value.result.outputs == {"research": "done"}
 
 
 def test_provider_error_fails_the_run_with_the_typed_cause(session_factory: Any) -> None:
@@ -329,6 +332,13 @@ def test_secrets_never_reach_events_state_records_or_logs(tmp_path: Path, monkey
         for event in handle.stream():
             if event.kind != "llm.token":
                 assert canary not in json.dumps(event.to_dict())
+        failing = ExecutionSession(
+            make_config(provider_options={"failures": [{"kind": "bad_request", "message": f"bad key {canary}"}]})
+        )
+        with pytest.raises(RunFailedError) as info:
+            failing.run(inputs={"topic": "x"}).result()
+        failing.close()
+        assert canary not in str(info.value) and canary not in str(info.value.cause)
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert canary not in path.read_text(encoding="utf-8"), path

@@ -78,7 +78,12 @@ __all__ = [
 
 
 class AmshaError(Exception):
-    """Root of every error Amsha raises."""
+    """Root of every error Amsha raises. Its text never shows a registered secret."""
+
+    def __str__(self) -> str:
+        from .secrets import redact
+
+        return redact(super().__str__())
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe description (type and message) for run records and events."""
@@ -333,7 +338,11 @@ class ExecutionError(AmshaError):
 
 
 class RunCancelledError(ExecutionError):
-    """The run was cancelled; ``reason`` says by whom or why."""
+    """The run was cancelled; ``reason`` says by whom or why. ``result`` (when raised by a
+    handle) holds the partial :class:`~amsha.RunResult`: outputs of finished tasks, state,
+    metrics."""
+
+    result: Any = None
 
     def __init__(self, run_id: str | None = None, reason: str = "cancelled") -> None:
         self.run_id = run_id
@@ -342,7 +351,10 @@ class RunCancelledError(ExecutionError):
 
 
 class RunFailedError(ExecutionError):
-    """A run failed. ``cause`` holds the error that ended it, ``task`` the task it was in."""
+    """A run failed. ``cause`` holds the error that ended it, ``task`` the task it was in,
+    ``result`` the partial :class:`~amsha.RunResult` (outputs of the tasks that finished)."""
+
+    result: Any = None
 
     def __init__(self, run_id: str, error: dict[str, Any], cause: BaseException | None = None) -> None:
         self.run_id = run_id

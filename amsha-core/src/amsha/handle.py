@@ -333,7 +333,11 @@ def _result_from_record(record: RunRecord, store: StateStore | None) -> RunResul
 def raise_for(result: RunResult, cause: BaseException | None = None) -> None:
     if result.status == RunStatus.FAILED:
         error = result.error or {"type": "Error", "message": "unknown"}
-        raise RunFailedError(result.run_id, error, cause or error_from_dict(error))
+        failed = RunFailedError(result.run_id, error, cause or error_from_dict(error))
+        failed.result = result
+        raise failed
     if result.status == RunStatus.CANCELLED:
         reason = (result.error or {}).get("message", "cancelled")
-        raise RunCancelledError(result.run_id, reason)
+        cancelled = RunCancelledError(result.run_id, reason)
+        cancelled.result = result
+        raise cancelled

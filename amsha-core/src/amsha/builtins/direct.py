@@ -3,18 +3,26 @@
 The agent's role, goal and backstory make the system prompt; the task's description and
 expected output, plus the outputs of the tasks its ``context`` names, make the user
 message. A task with ``output_schema`` asks for structured output and stores the parsed
-JSON. Tasks run exactly as the client named them, in that order; nothing else.
+JSON. When the task or its agent has tools, the model may call them: each call is executed
+(``tool.*`` events) and its result sent back, until the model answers without calling a
+tool (at most ``max_tool_rounds`` times, an option). Tasks run exactly as the client named
+them, in that order; nothing else.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from ..config import AgentSpec, TaskSpec
-from ..orchestrator import BaseOrchestrator, RunContext
+from ..errors import ExecutionError
+from ..orchestrator import BaseOrchestrator, RunContext, TaskScope
 from ..plugins import BackendContext
-from ..provider import Message
+from ..provider import LLMResponse, Message
+from ..tools import invoke_tool, tool_spec
 
 __all__ = ["DirectOrchestrator", "task_messages"]
 
@@ -31,10 +39,20 @@ def task_messages(agent: AgentSpec, task: TaskSpec, context: dict[str, Any]) -> 
     return [Message("system", system), Message("user", user)]
 
 
+class DirectOptions(BaseModel):
+    """Options of the ``direct`` orchestrator."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_tool_rounds: int = Field(8, ge=1, description="tool-call round trips allowed per task")
+
+
 class DirectOrchestrator(BaseOrchestrator):
     """One streamed LLM call per task, natively async (cancel closes the stream at once)."""
 
     name = "direct"
+
+    def __init__(self, options: DirectOptions | None = None) -> None:
+        self.options = options or DirectOptions()
 
     async def aexecute(self, run: RunContext) -> None:
         for name in run.task_names:
@@ -43,15 +61,65 @@ class DirectOrchestrator(BaseOrchestrator):
             async with run.task(name) as scope:
                 messages = task_messages(agent, task, run.context_for(name))
                 response_format = {"name": name, "schema": task.output_schema} if task.output_schema else None
-                stream = scope.llm().astream(messages, response_format=response_format)
-                async for _chunk in stream:
-                    pass
-                response = stream.response
-                assert response is not None
+                response = await self._answer(run, scope, messages, [*agent.tools, *task.tools], response_format)
                 if response_format is not None:
                     scope.output = json.loads(_unfence(response.text))
                 else:
                     scope.output = response.text
+
+    async def _answer(
+        self,
+        run: RunContext,
+        scope: TaskScope,
+        messages: list[Message],
+        tool_names: list[str],
+        response_format: dict[str, Any] | None,
+    ) -> LLMResponse:
+        llm = scope.llm()
+        tools = {n: run.tools[n] for n in dict.fromkeys(tool_names)}
+        specs = [tool_spec(n, fn) for n, fn in tools.items()] or None
+        for _round in range(self.options.max_tool_rounds + 1):
+            stream = llm.astream(messages, tools=specs, response_format=response_format)
+            async for _chunk in stream:
+                pass
+            response = stream.response
+            assert response is not None
+            if not response.tool_calls:
+                return response
+            messages.append(Message("assistant", response.text or None, tool_calls=response.tool_calls))
+            for call in response.tool_calls:
+                run.check_cancelled()
+                messages.append(
+                    Message(
+                        "tool",
+                        await self._call_tool(run, scope, tools, call.name, call.id, call.arguments),
+                        tool_call_id=call.id,
+                    )
+                )
+        raise ExecutionError(
+            f"task {scope.name!r}: the model still called tools after {self.options.max_tool_rounds} rounds"
+        )
+
+    @staticmethod
+    async def _call_tool(
+        run: RunContext, scope: TaskScope, tools: dict[str, Any], name: str, call_id: str, arguments: str
+    ) -> str:
+        span = f"tool-{uuid.uuid4().hex[:12]}"
+        common = {"span_id": span, "parent_id": scope.span_id, "task": scope.name, "agent": scope.agent}
+        run.emit("tool.started", data={"tool": name, "call_id": call_id, "arguments": arguments}, **common)
+        fn = tools.get(name)
+        if fn is None:
+            result = f"error: there is no tool named {name!r}; available: {', '.join(tools) or 'none'}"
+            run.emit("tool.failed", data={"tool": name, "error": result}, **common)
+            return result
+        try:
+            result = await invoke_tool(name, fn, arguments)
+        except ExecutionError as exc:
+            # The model sees the error and may correct itself; the client sees the event.
+            run.emit("tool.failed", data={"tool": name, "error": str(exc)}, **common)
+            return f"error: {exc}"
+        run.emit("tool.finished", data={"tool": name, "result": result}, **common)
+        return result
 
 
 def _unfence(text: str) -> str:
@@ -62,4 +130,4 @@ def _unfence(text: str) -> str:
 
 
 def build(ctx: BackendContext) -> DirectOrchestrator:
-    return DirectOrchestrator()
+    return DirectOrchestrator(ctx.options)

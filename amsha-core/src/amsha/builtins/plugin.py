@@ -7,6 +7,7 @@ selects it.
 from __future__ import annotations
 
 from ..hookspecs import Register, hookimpl
+from .direct import DirectOptions
 from .observers import ConsoleOptions, JsonlOptions
 from .scripted import ScriptedOptions
 from .stores import FileStoreOptions
@@ -26,7 +27,12 @@ def amsha_register_providers(register: Register) -> None:
 
 @hookimpl
 def amsha_register_orchestrators(register: Register) -> None:
-    register("direct", "amsha.builtins.direct:build", description="framework-free: each task is one LLM call")
+    register(
+        "direct",
+        "amsha.builtins.direct:build",
+        options=DirectOptions,
+        description="framework-free: each task is one LLM call (with tool round trips)",
+    )
 
 
 @hookimpl
