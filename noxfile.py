@@ -14,7 +14,7 @@ import nox
 
 ROOT = Path(__file__).parent
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["core", "plugin", "cross", "lint", "types", "demo"]
+nox.options.sessions = ["core", "plugin", "example_plugin", "cross", "lint", "types", "demo"]
 nox.options.error_on_missing_interpreters = True
 
 CORE = "./amsha-core"
@@ -68,6 +68,17 @@ def plugin(session: nox.Session, dist: str) -> None:
     session.run("python", "-c", f"import {module}.plugin")
     session.run("amsha", "plugins")
     session.run("pytest", f"{dist}/tests", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def example_plugin(session: nox.Session) -> None:
+    """The third-party example plugin with amsha-core alone: its contract tests, then
+    ``amsha run`` with a config that selects it."""
+    _env(session)
+    session.install(CORE, "./examples/third-party-plugin[test]")
+    session.run("amsha", "plugins")
+    session.run("pytest", "examples/third-party-plugin/tests", "-q", "-p", "no:cacheprovider", *session.posargs)
+    session.run("amsha", "run", "examples/third-party-plugin/amsha.yaml", "--input", "name=Polly")
 
 
 @nox.session

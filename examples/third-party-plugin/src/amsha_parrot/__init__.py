@@ -1,0 +1,3 @@
+"""amsha-provider-parrot: an example third-party Amsha provider."""
+
+__version__ = "1.0.0"
