@@ -76,6 +76,16 @@ def test_events_are_ordered_gap_free_and_linked(session_factory: Any) -> None:
     assert [e.to_dict() for e in stored] == [e.to_dict() for e in events]
 
 
+def test_stream_resumes_from_a_sequence_number(session_factory: Any) -> None:
+    session = session_factory()
+    handle = session.run(inputs={"topic": "owls"})
+    everything = list(handle.stream())
+    resumed = list(handle.stream(from_seq=5))
+    assert [e.seq for e in resumed] == [e.seq for e in everything[5:]]
+    attached = session.attach(handle.run_id)
+    assert [e.seq for e in attached.stream(from_seq=5)] == [e.seq for e in resumed]
+
+
 def test_concurrent_runs_never_see_each_others_events(session_factory: Any) -> None:
     session = session_factory(make_config(provider_options={"token_delay_s": 0.005}))
     handles = [session.run(inputs={"topic": f"t{i}"}) for i in range(4)]

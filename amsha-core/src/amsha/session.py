@@ -388,6 +388,7 @@ class _Run:
         self.future: concurrent.futures.Future[Any] | None = None
         """The client executor's future, for runs handed to an executor."""
         self.loop_future: concurrent.futures.Future[None] | None = None
+        self.remote = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.collector = MetricsCollector(run_id)
         self.record = RunRecord(
@@ -567,6 +568,9 @@ class _Run:
     def cancel(self, reason: str) -> bool:
         if self.status in RunStatus.TERMINAL or self.cancel_event.is_set():
             return False
+        if self.remote and self.future is not None and not self.future.cancel():
+            log.warning("amsha: run %s is executing in another process and cannot be cancelled from here", self.run_id)
+            return False
         self.cancel_reason = reason
         self.cancel_event.set()
         task, loop = self.task, self.loop
@@ -600,6 +604,7 @@ class _Run:
             "run_id": self.run_id,
         }
         self.status = RunStatus.RUNNING
+        self.remote = True
         future = executor.submit(run_spec, spec)
         self.future = future
         future.add_done_callback(self._remote_done)
