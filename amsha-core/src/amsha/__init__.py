@@ -11,7 +11,10 @@ stays cheap and imports no framework.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+# ``typing`` costs more to import than the rest of this module; type checkers treat a name
+# ``TYPE_CHECKING`` as true, so the import below is for them only.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -138,6 +141,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from . import errors
     from .config import AgentSpec, AmshaConfig, RetryConfig, TaskSpec, load_config
     from .events import Event, EventKind, Observer

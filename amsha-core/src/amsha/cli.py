@@ -193,6 +193,19 @@ def _parse_inputs(pairs: list[str]) -> dict[str, str]:
     return inputs
 
 
+def _error_payload(exc: BaseException) -> dict[str, Any]:
+    """The JSON of a failed or cancelled run's error: the error that ended the run (as its
+    record holds it), not the wrapper the handle raised."""
+    recorded = getattr(exc, "error", None)
+    if isinstance(recorded, dict) and recorded.get("type"):
+        return {
+            "type": recorded["type"],
+            "message": _one_line(exc),
+            **{k: v for k, v in recorded.items() if k not in ("type", "message")},
+        }
+    return {"type": type(exc).__name__, "message": _one_line(exc)}
+
+
 def _run(args: argparse.Namespace) -> int:
     from .builtins.observers import ConsoleObserver
     from .errors import RunCancelledError, RunFailedError
@@ -237,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
                 "status": handle.status(),
                 "outputs": dict(session._runs[handle.run_id].outputs),
                 "metrics": handle.metrics.to_dict(),
-                "error": {"type": type(exc.__cause__ or exc).__name__, "message": _one_line(exc)},
+                "error": _error_payload(exc),
             }
             code = 1
             if not args.json:

@@ -281,9 +281,8 @@ def _include_registry_files(data: dict[str, Any], base_dir: Path, source: str | 
 
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or len(key) <= len(ENV_PREFIX):
-            continue
+    for key in [k for k in environ if k.startswith(ENV_PREFIX) and len(k) > len(ENV_PREFIX)]:
+        raw = environ[key]
         parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
         try:
             value: Any = json.loads(raw)

@@ -18,6 +18,7 @@ chunk), cancellation and events. It is usable alone, with no session or orchestr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import random
@@ -457,16 +458,25 @@ class LLM:
         **params: Any,
     ) -> LLMRequest:
         """Build the :class:`LLMRequest` a call would send (defaults and model applied)."""
-        if isinstance(messages, LLMRequest):
-            req = messages
-            if req.model is None:
-                req.model = self.model
-            return req
-        merged = {**self.defaults, **params}
-        known = {k: merged.pop(k) for k in ("temperature", "max_tokens", "stop", "seed", "tool_choice") if k in merged}
         if response_model is not None and response_format is None:
             schema = response_model.model_json_schema()
             response_format = {"name": getattr(response_model, "__name__", "output"), "schema": schema}
+        if isinstance(messages, LLMRequest):
+            # A copy: the caller's request is never changed; explicit arguments win over it.
+            given = dict(params)
+            fields = {
+                k: given.pop(k) for k in ("temperature", "max_tokens", "stop", "seed", "tool_choice") if k in given
+            }
+            return dataclasses.replace(
+                messages,
+                model=given.pop("model", None) or messages.model or self.model,
+                tools=list(tools) if tools else messages.tools,
+                response_format=response_format if response_format is not None else messages.response_format,
+                extra={**messages.extra, **given},
+                **fields,
+            )
+        merged = {**self.defaults, **params}
+        known = {k: merged.pop(k) for k in ("temperature", "max_tokens", "stop", "seed", "tool_choice") if k in merged}
         msgs = coerce_messages(messages)
         if response_format is not None and not self.provider.capabilities.structured_output:
             # Graceful degradation: ask for the schema in words when the API cannot enforce it.

@@ -32,6 +32,7 @@ from .errors import (
     ExecutionError,
     InputError,
     RunCancelledError,
+    RunNotFoundError,
 )
 from .events import Event, Observer, RunEventLog
 from .handle import ExecutionHandle, ExecutionMode, RunResult, raise_for
@@ -78,6 +79,7 @@ class ExecutionSession:
         self.registry = registry or Registry.from_config(cfg)
         self.executor = executor
         self._tool_overrides = dict(tools or {})
+        self._imported_tools: dict[str, Callable[..., Any]] = {}
         self._providers: dict[str | None, LLM] = {}
         self._lock = threading.Lock()
         self._runs: dict[str, _Run] = {}
@@ -149,6 +151,8 @@ class ExecutionSession:
         """A tool callable by name: passed in code, or imported from its config path."""
         if name in self._tool_overrides:
             return self._tool_overrides[name]
+        if name in self._imported_tools:
+            return self._imported_tools[name]
         path = self.config.tools.get(name)
         if path is None:
             raise InputError(f"unknown tool {name!r}; declare it under 'tools' or pass tools={{...}}")
@@ -157,7 +161,7 @@ class ExecutionSession:
             fn: Callable[..., Any] = getattr(importlib.import_module(module), attr)
         except Exception as exc:
             raise ConfigError([(f"tools.{name}", f"cannot import {path!r}: {type(exc).__name__}: {exc}")]) from None
-        self._tool_overrides[name] = fn
+        self._imported_tools[name] = fn
         return fn
 
     # ---- runs ---------------------------------------------------------------------------
@@ -628,11 +632,23 @@ class _Run:
             self.status = RunStatus.FAILED
             self.error = {"type": type(exc).__name__, "message": str(exc)}
             self.exception = exc
-        # The worker wrote to its own store; make this process's store agree.
+        # The worker wrote to its own store (the same one when the backend is shared, such as
+        # a file or a database); make this process's store agree without overwriting it.
         store = self.session.store
         try:
             if not store.read_events(self.run_id):
                 store.append_events(self.run_id, [e.to_dict() for e in self.log.events])
+            try:
+                theirs: RunRecord | None = store.get_run(self.run_id)
+            except RunNotFoundError:
+                theirs = None
+            if theirs is not None and theirs.status == self.status:
+                self.record = theirs
+                self.log.close()
+                if not self.done.done():
+                    self.done.set_result(None)
+                return
+            self.record.state_version = self.state.version if self.state.version else None
             self.record.status = self.status
             self.record.outputs = self.outputs
             self.record.error = self.error
