@@ -297,6 +297,7 @@ def test_observers_see_every_event_and_a_raising_one_breaks_nothing(
     session = session_factory(make_config(), observers=[Raising(), recorder])
     handle = session.run(inputs={"topic": "owls"})
     assert handle.result().status == RunStatus.SUCCEEDED
+    assert session.flush_observers(timeout=10)
     assert [e.seq for e in recorder.events] == list(range(len(recorder.events)))
     assert {e.kind for e in recorder.events} >= {
         "run.started",
@@ -310,6 +311,65 @@ def test_observers_see_every_event_and_a_raising_one_breaks_nothing(
     }
     assert Raising.calls == 1
     assert sum("observer bug" in r.getMessage() for r in caplog.records) == 1
+    [error] = session.observer_errors
+    assert error.run_id == handle.run_id and error.event_kind == "run.started"
+    assert error.error == "RuntimeError: observer bug"
+    # A second run reports it again, once: it is skipped per run, not forever.
+    session.run(inputs={"topic": "owls"}).result()
+    session.flush_observers(timeout=10)
+    assert Raising.calls == 2 and len(session.observer_errors) == 2
+
+
+class Slow:
+    """An observer that takes a second per event: a tracing exporter on a bad network."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.closed = False
+
+    def on_event(self, event: Event) -> None:
+        self.seen.append(event.kind)
+        time.sleep(1.0)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_slow_and_a_raising_observer_do_not_hold_back_a_200_token_stream(
+    session_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = " ".join(f"w{i}" for i in range(200))
+    config = make_config(
+        provider_options={"responses": [{"match": "", "text": text}], "token_delay_s": 0.001},
+        tasks={"only": {"description": "Say it.", "agent": "writer"}},
+    )
+    slow, recorder = Slow(), Recorder()
+    session = session_factory(config, observers=[slow, Raising(), recorder])
+    started = time.perf_counter()
+    arrivals = []
+    handle = session.run(inputs={"topic": "owls"})
+    for event in handle.stream():
+        if event.kind == "llm.token":
+            arrivals.append(time.perf_counter() - started)
+    result = handle.result()
+    elapsed = time.perf_counter() - started
+    assert result.status == RunStatus.SUCCEEDED and result.outputs["only"] == text
+    assert len(arrivals) == 200
+    # 200 tokens at 1 ms each: well under a second, while the slow observer has seen a few events.
+    assert elapsed < 1.0, elapsed
+    assert len(slow.seen) <= 2
+    # The fast observer got everything, in order, while the slow one is still far behind.
+    assert session.flush_observers(timeout=0.5) is False
+    deadline = time.monotonic() + 10
+    while (not recorder.events or recorder.events[-1].kind != "run.finished") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [e.seq for e in recorder.events] == [e.seq for e in handle.stream()]
+    # Closing waits at most the drain timeout, then reports what was not delivered.
+    t0 = time.perf_counter()
+    session.close(drain_timeout_s=0.2)
+    assert time.perf_counter() - t0 < 1.5  # the drain timeout, plus the event in the observer's hands
+    assert slow.closed
+    assert any("did not keep up" in r.getMessage() for r in caplog.records)
 
 
 def test_jsonl_observer_writes_every_event(session_factory: Any, tmp_path: Path) -> None:

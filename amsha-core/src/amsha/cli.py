@@ -240,6 +240,9 @@ def _run(args: argparse.Namespace) -> int:
                     kinds=("task.finished", "task.failed", "run.finished", "run.failed", "run.cancelled")
                 ):
                     renderer.on_event(event)
+        # Observers (the console one among them) run on threads of their own: let them
+        # finish printing before the summary.
+        session.flush_observers(timeout=10)
         try:
             result = handle.result()
             payload = result.to_dict()

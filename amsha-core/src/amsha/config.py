@@ -65,6 +65,15 @@ class BackendConfig(_Strict):
         return {"name": value} if isinstance(value, str) else value
 
 
+class ObserverConfig(BackendConfig):
+    """An observer chosen by name. Events reach it on a thread of its own, so it never holds
+    back a run; ``queue_max`` bounds the events waiting for it (beyond, they are dropped for it
+    and reported), ``drain_timeout_s`` is how long closing the session waits for it to catch up."""
+
+    queue_max: int = Field(100_000, ge=1)
+    drain_timeout_s: float = Field(5.0, ge=0)
+
+
 class ProviderConfig(BackendConfig):
     """The LLM provider: backend ``name``, default ``model``, ``options`` and ``retry``."""
 
@@ -126,7 +135,7 @@ class AmshaConfig(_Strict):
     llms: dict[str, LLMConfig] = Field(default_factory=dict)
     orchestrator: BackendConfig = Field(default_factory=lambda: BackendConfig(name="direct"))
     state: BackendConfig = Field(default_factory=lambda: BackendConfig(name="memory"))
-    observers: list[BackendConfig] = Field(default_factory=list)
+    observers: list[ObserverConfig] = Field(default_factory=list)
     agents: dict[str, AgentSpec] = Field(default_factory=dict)
     tasks: dict[str, TaskSpec] = Field(default_factory=dict)
     pipeline: list[str] | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib
+import itertools
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from .events import Event, Observer, RunEventLog
 from .handle import ExecutionHandle, ExecutionMode, RunResult, raise_for
 from .llm import LLM
 from .metrics import MetricsCollector
+from .observe import ObserverChannel, ObserverError, observer_name
 from .orchestrator import IOrchestrator, RunContext
 from .plugins import BackendContext, PluginSet, load_plugins
 from .provider import ILLMProvider
@@ -100,6 +102,16 @@ class ExecutionSession:
             self._build("observer", o.name, o.options, f"observers[{i}]") for i, o in enumerate(cfg.observers)
         ]
         self.observers.extend(observers)
+        # Each observer gets its own queue and thread: a slow or raising one never holds back a run.
+        self._channels = [
+            ObserverChannel(
+                observer,
+                observer_name(observer, ocfg.name if ocfg else ""),
+                queue_max=ocfg.queue_max if ocfg else 100_000,
+                drain_timeout_s=ocfg.drain_timeout_s if ocfg else 5.0,
+            )
+            for observer, ocfg in itertools.zip_longest(self.observers, cfg.observers)
+        ]
 
     # ---- construction -------------------------------------------------------------------
 
@@ -301,6 +313,25 @@ class ExecutionSession:
         run.loop_future = _loop.submit(run.execute())
         return ExecutionHandle(run.run_id, run.mode, run=run)
 
+    def flush_observers(self, timeout: float | None = None) -> bool:
+        """Wait until every observer has been handed every event emitted so far.
+
+        Observers run on threads of their own; call this before reading what an observer
+        wrote (a file, an exporter). Returns False if ``timeout`` (seconds, for all observers
+        together) expired first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for channel in self._channels:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not channel.flush(remaining):
+                return False
+        return True
+
+    @property
+    def observer_errors(self) -> list[ObserverError]:
+        """What observers raised in this session, one entry per observer and run."""
+        return [error for channel in self._channels for error in channel.errors]
+
     def runs(self, limit: int = 50) -> list[RunRecord]:
         """Recent runs in the configured store, newest first."""
         return self.store.list_runs(limit)
@@ -312,16 +343,22 @@ class ExecutionSession:
 
     # ---- lifecycle ----------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Cancel runs still going in this process, close backends and observers."""
+    def close(self, *, drain_timeout_s: float | None = None) -> None:
+        """Cancel runs still going in this process, close backends and observers.
+
+        Observers are first given time to catch up: at most ``drain_timeout_s`` each (default:
+        each observer's configured ``drain_timeout_s``, 5 s unless set); what a slow observer
+        has not taken by then is dropped and reported.
+        """
         if self._closed:
             return
         self._closed = True
         for run in list(self._runs.values()):
             if run.status not in RunStatus.TERMINAL and run.mode is ExecutionMode.INTERACTIVE:
                 run.cancel("the session was closed")
+        for channel in self._channels:
+            channel.close(drain_timeout_s)
         for obj in [
-            *self.observers,
             self.orchestrator,
             *(llm.provider for llm in self._providers.values()),
             self.store,
@@ -406,10 +443,9 @@ class _Run:
         )
         self.log = RunEventLog(run_id, [self.collector])
         self._pending: list[dict[str, Any]] = []
-        self._broken_observers: set[int] = set()
         self.log.add_sink(self._persist)
-        for observer in session.observers:
-            self.log.add_sink(self._observer_sink(observer))
+        for channel in session._channels:
+            self.log.add_sink(channel.submit)
         self.outputs: dict[str, Any] = {}
         self.remote_result: dict[str, Any] | None = None
 
@@ -427,27 +463,6 @@ class _Run:
                 self.session.store.append_events(self.run_id, batch)
             except Exception:
                 log.exception("amsha: run %s: could not persist %d events", self.run_id, len(batch))
-
-    def _observer_sink(self, observer: Observer) -> Callable[[Event], None]:
-        key = id(observer)
-
-        def sink(event: Event) -> None:
-            if key in self._broken_observers:
-                return
-            try:
-                observer.on_event(event)
-            except Exception as exc:
-                # Reported once; the observer is skipped for the rest of the run.
-                self._broken_observers.add(key)
-                log.warning(
-                    "amsha: run %s: observer %r raised %s: %s; it is skipped for this run",
-                    self.run_id,
-                    observer,
-                    type(exc).__name__,
-                    exc,
-                )
-
-        return sink
 
     # ---- lifecycle ----------------------------------------------------------------------
 
