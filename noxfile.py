@@ -124,3 +124,19 @@ def bench(session: nox.Session) -> None:
 
 if os.environ.get("CI"):
     nox.options.reuse_venv = "no"
+
+
+# The two openai SDK worlds: CrewAI pins openai<3 and pydantic<2.13; without it a user gets
+# openai 3.x and the newest pydantic.
+OPENAI_SDKS = {"openai2": ["openai>=2,<3", "pydantic<2.13"], "openai3": ["openai>=3,<4"]}
+
+
+@nox.session
+@nox.parametrize("sdk", list(OPENAI_SDKS), ids=list(OPENAI_SDKS))
+def openai_sdk(session: nox.Session, sdk: str) -> None:
+    """amsha-provider-openai with amsha-core and each major of the openai SDK: its tests."""
+    _env(session)
+    session.install(CORE, "./amsha-provider-openai[test]", *OPENAI_SDKS[sdk])
+    versions = "import openai, pydantic; print('openai', openai.__version__, 'pydantic', pydantic.VERSION)"
+    session.run("python", "-c", versions)
+    session.run("pytest", "amsha-provider-openai/tests", "-q", "-p", "no:cacheprovider", *session.posargs)

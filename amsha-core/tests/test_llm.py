@@ -269,3 +269,32 @@ def test_events_link_to_the_task_and_carry_the_request() -> None:
     assert started.data["fingerprint"]["index"] == 0
     assert finished.span_id == started.span_id
     assert finished.data["usage"]["total_tokens"] > 0
+
+
+class _DeclaresRetry(ScriptedProvider):
+    """A provider whose options carry a retry count (as provider ``openai``'s ``max_retries``)."""
+
+    retry_config = RetryConfig(max_retries=5, initial_backoff_s=0.0, max_backoff_s=0.0)
+
+
+def test_a_provider_declared_retry_policy_is_the_default() -> None:
+    provider = _DeclaresRetry({"responses": ["ok"], "failures": [{"kind": "server", "times": 4}]})
+    assert LLM(provider).retry.max_retries == 5
+    assert LLM(provider).generate("hi").text == "ok" and provider.calls == 5
+    assert LLM(provider, retry=FAST).retry is FAST  # an explicit policy wins
+
+
+def test_session_retry_precedence_section_then_provider_then_top_level() -> None:
+    from amsha import ExecutionSession, hookimpl
+
+    class Plugin:
+        @hookimpl
+        def amsha_register_providers(self, register: Any) -> None:
+            register("declares-retry", lambda ctx: _DeclaresRetry({"responses": ["ok"]}))
+
+    config: dict[str, Any] = {"provider": {"name": "declares-retry"}, "retry": {"max_retries": 1}}
+    with ExecutionSession(config, plugins=[Plugin()]) as session:
+        assert session.llm().retry.max_retries == 5
+    config["provider"]["retry"] = {"max_retries": 3}
+    with ExecutionSession(config, plugins=[Plugin()]) as session:
+        assert session.llm().retry.max_retries == 3

@@ -409,6 +409,7 @@ def test_secrets_never_reach_events_state_records_or_logs(tmp_path: Path, monkey
             failing.run(inputs={"topic": "x"}).result()
         failing.close()
         assert canary not in str(info.value) and canary not in str(info.value.cause)
+        assert canary not in repr(info.value) and canary not in repr(info.value.cause)
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert canary not in path.read_text(encoding="utf-8"), path

@@ -85,6 +85,11 @@ class AmshaError(Exception):
 
         return redact(super().__str__())
 
+    def __repr__(self) -> str:
+        from .secrets import redact
+
+        return redact(super().__repr__())
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe description (type and message) for run records and events."""
         return {"type": type(self).__name__, "message": str(self)}

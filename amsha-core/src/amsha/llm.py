@@ -430,7 +430,8 @@ class LLM:
         self.provider = provider
         self.provider_name = getattr(provider, "name", type(provider).__name__)
         self.model = model
-        self.retry = retry or RetryConfig()
+        # A provider may declare its own default policy (e.g. from a ``max_retries`` option).
+        self.retry = retry or getattr(provider, "retry_config", None) or RetryConfig()
         self.name = name
         self.defaults = dict(defaults or {})
         self.context = context

@@ -251,6 +251,11 @@ class ILLMProvider(Protocol):
     ``aclose()``) must release the underlying connection at once: that is how cancel works.
     Errors must be :class:`~amsha.errors.ProviderError` subclasses, with ``retryable`` set
     right, so the wrapper's single retry policy can act on them.
+
+    Optional: a ``retry_config`` attribute (a :class:`~amsha.RetryConfig`, or None) is the
+    provider's own default retry policy, used by the wrapper when the config's ``retry``
+    section for that LLM (``provider.retry``, ``llms.X.retry``) is not set; a provider whose
+    options offer ``max_retries`` reports it there.
     """
 
     name: str

@@ -155,7 +155,10 @@ class ExecutionSession:
                 ctx = self._provider_specs[name]
                 entry = self.plugins.get("provider", pcfg.name, key=f"{key}.name")
                 provider: ILLMProvider = entry.build(ctx)
-                llm = LLM(provider, model=pcfg.model, retry=pcfg.retry or self.config.retry, name=name or "default")
+                # The config's own retry section for this LLM wins, then the provider's declared
+                # policy (its options), then the top-level ``retry``.
+                retry = pcfg.retry or getattr(provider, "retry_config", None) or self.config.retry
+                llm = LLM(provider, model=pcfg.model, retry=retry, name=name or "default")
                 self._providers[name] = llm
             return llm
 

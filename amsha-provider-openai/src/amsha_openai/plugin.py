@@ -1,8 +1,26 @@
-"""Entry point module of amsha-provider-openai (group `amsha`).
+"""Entry point module of amsha-provider-openai (group ``amsha``): registers provider ``openai``.
 
-It registers no backend yet: the provider `openai` is still to be built. Kept tiny on purpose:
-plugin modules are imported at session creation, so heavy imports belong in the adapter
-module that a factory imports only when the backend is selected.
+Tiny on purpose: it is imported whenever plugins are discovered, so the provider module
+(which imports the ``openai`` SDK) is named as a string and imported only when a session
+selects ``openai``.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
+from amsha import hookimpl
+
+from .options import OpenAIOptions
+
 AMSHA_PLUGIN_API = "1.0"
+
+
+@hookimpl
+def amsha_register_providers(register: Any) -> None:
+    register(
+        "openai",
+        "amsha_openai.provider:build",
+        options=OpenAIOptions,
+        description="OpenAI and any server speaking Chat Completions (vLLM, Ollama, llama.cpp, LM Studio, gateways)",
+    )

@@ -1,0 +1,519 @@
+"""Provider ``openai``: the official ``openai`` SDK speaking Chat Completions to OpenAI or to any
+compatible server (vLLM, Ollama, llama.cpp's server, LM Studio, gateways), chosen by ``base_url``.
+
+One sync client per provider instance (thread-safe, connections reused), and one async client
+per event loop it is used on (an HTTP connection belongs to the loop that opened it), all
+created on first use and closed by :meth:`OpenAIProvider.close`. The SDK's own retries are off
+(``max_retries=0``): Amsha's ``LLM`` wrapper owns retry, so there is one policy, seen in
+events. Streams ask for usage (``stream_options.include_usage``) and release their HTTP
+connection the moment they are closed, which is how cancel works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import openai
+from amsha import (
+    BackendContext,
+    LLMChunk,
+    LLMRequest,
+    LLMResponse,
+    Message,
+    ProviderCapabilities,
+    RetryConfig,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    errors,
+    get_secret,
+)
+from pydantic import SecretStr, ValidationError
+
+from ._errors import PROVIDER, ErrorContext, map_error
+from .options import OPENAI_BASE_URL, OpenAIOptions
+
+__all__ = ["OpenAIProvider", "build"]
+
+#: Sent as the API key when ``base_url`` points at a server that needs none and the key's
+#: environment variable is unset (the SDK refuses to build a client without a key).
+PLACEHOLDER_KEY = "amsha-no-key"
+_NAME = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+class OpenAIProvider:
+    """Amsha provider for the Chat Completions protocol, on the official ``openai`` SDK.
+
+    ``options``: :class:`OpenAIOptions` (or a mapping validated into one). ``model``: the
+    default model (``provider.model`` in config); it wins over ``options.model``. ``retry``:
+    the policy :attr:`retry_config` reports when ``options.max_retries`` is set (the session
+    passes the config's ``retry`` section); ``key``: where the options sit in config, for
+    error messages.
+    """
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        options: OpenAIOptions | Mapping[str, Any] | None = None,
+        *,
+        model: str | None = None,
+        retry: RetryConfig | None = None,
+        key: str = "provider",
+    ) -> None:
+        if not isinstance(options, OpenAIOptions):
+            try:
+                options = OpenAIOptions.model_validate(dict(options or {}))
+            except ValidationError as err:
+                from amsha.config import format_validation_error
+
+                raise errors.ConfigError(format_validation_error(err, prefix=f"{key}.options")) from None
+        self.options = options
+        resolved = model or options.model
+        if not resolved:
+            raise errors.ConfigError(
+                [(f"{key}.model", "provider 'openai' needs a model: set it (or options.model), e.g. gpt-4o-mini")]
+            )
+        self.model: str = resolved
+        self.base_url = options.base_url or OPENAI_BASE_URL
+        self._api_key = get_secret(options.api_key_env, required=False)
+        if self._api_key is None and options.base_url is None:
+            raise errors.ConfigError(
+                [
+                    (
+                        f"{key}.options.api_key_env",
+                        f"environment variable {options.api_key_env!r} is not set; it must hold the OpenAI API key "
+                        "(a server that needs no key is selected with base_url, and then the variable may be unset)",
+                    )
+                ]
+            )
+        self._secret_headers: dict[str, SecretStr] = {}
+        for header, env in options.extra_headers_env.items():
+            secret = get_secret(env, key=f"{key}.options.extra_headers_env.{header}")
+            assert secret is not None
+            self._secret_headers[header] = secret
+        self.capabilities = ProviderCapabilities(
+            streaming=True,
+            tools=True,
+            structured_output=True,
+            usage_in_stream=options.include_usage,
+            native_async=True,
+        )
+        if options.max_retries is not None:
+            base = retry or RetryConfig()
+            self.retry_config: RetryConfig | None = base.model_copy(update={"max_retries": options.max_retries})
+        else:
+            self.retry_config = None
+        self._errors = ErrorContext(self.model, self.base_url, options.api_key_env)
+        self._defaults = {
+            k: v
+            for k, v in (
+                ("temperature", options.temperature),
+                ("max_tokens", options.max_tokens),
+                ("stop", options.stop),
+                ("seed", options.seed),
+            )
+            if v is not None
+        }
+        self._lock = threading.Lock()
+        self._client: openai.OpenAI | None = None
+        self._aclients: dict[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = {}
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(model={self.model!r}, base_url={self.base_url!r})"
+
+    # ---- clients ----------------------------------------------------------------------------
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        headers = dict(self.options.extra_headers)
+        headers.update({name: value.get_secret_value() for name, value in self._secret_headers.items()})
+        return {
+            "api_key": self._api_key.get_secret_value() if self._api_key is not None else PLACEHOLDER_KEY,
+            "organization": self.options.organization,
+            "project": self.options.project,
+            "base_url": self.base_url,
+            "timeout": self.options.timeout_s,
+            "max_retries": 0,  # Amsha's LLM wrapper owns retry
+            "default_headers": headers or None,
+        }
+
+    @property
+    def client(self) -> openai.OpenAI:
+        """The sync SDK client, created on first use."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                client = self._client
+                if client is None:
+                    client = self._client = openai.OpenAI(**self._client_kwargs())
+        return client
+
+    def _aclient(self) -> openai.AsyncOpenAI:
+        """The async SDK client of the running event loop, created on first use there."""
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            with self._lock:
+                client = self._aclients.get(loop)
+                if client is None:
+                    # Clients of loops that are gone cannot be closed any more; forget them.
+                    for dead in [lp for lp in self._aclients if lp.is_closed()]:
+                        del self._aclients[dead]
+                    client = self._aclients[loop] = openai.AsyncOpenAI(**self._client_kwargs())
+        return client
+
+    def close(self) -> None:
+        """Close every client (and so every pooled connection). The provider may be used
+        again afterwards: clients are created anew on demand."""
+        with self._lock:
+            client, self._client = self._client, None
+            aclients, self._aclients = self._aclients, {}
+        if client is not None:
+            client.close()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for loop, aclient in aclients.items():
+            if loop.is_closed():
+                continue
+            if loop is running:
+                # Called synchronously from inside that loop: it cannot be waited for here.
+                loop.create_task(aclient.close())
+            elif loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(aclient.close(), loop)
+                try:
+                    future.result(timeout=5)
+                except Exception:
+                    future.cancel()
+            else:
+                loop.run_until_complete(aclient.close())
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close` for the running loop's client (and the sync client)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            aclient = self._aclients.pop(loop, None)
+        if aclient is not None:
+            await aclient.close()
+        self.close()
+
+    def __enter__(self) -> OpenAIProvider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    def params(self, request: LLMRequest, *, stream: bool) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for ``request``."""
+        params: dict[str, Any] = {
+            "model": request.model or self.model,
+            "messages": [_message(m, i) for i, m in enumerate(request.messages)],
+        }
+        defaults = self._defaults
+        for name in ("temperature", "max_tokens", "stop", "seed"):
+            value = getattr(request, name)
+            if value is None:
+                value = defaults.get(name)
+            if value is not None:
+                params[self.options.max_tokens_field if name == "max_tokens" else name] = value
+        if request.tools:
+            params["tools"] = [
+                {
+                    "type": "function",
+                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                }
+                for t in request.tools
+            ]
+        if request.tool_choice is not None:
+            params["tool_choice"] = _tool_choice(request.tool_choice)
+        if request.response_format is not None:
+            params["response_format"] = _response_format(request.response_format)
+        if stream:
+            params["stream"] = True
+            if self.options.include_usage:
+                params["stream_options"] = {"include_usage": True}
+        if request.extra:
+            # Anything else (top_p, a server's own parameters such as vLLM's top_k) goes into
+            # the JSON body as given.
+            params["extra_body"] = dict(request.extra)
+        return params
+
+    def _error(self, exc: BaseException, model: str, stream: _StreamState | None = None) -> errors.ProviderError:
+        ctx = self._errors if model == self.model else ErrorContext(model, self.base_url, self.options.api_key_env)
+        error = map_error(exc, ctx)
+        if stream is not None and stream.started and not isinstance(error, errors.StreamInterruptedError):
+            return errors.StreamInterruptedError(
+                f"the stream broke after output had started: {error}",
+                partial_text="".join(stream.parts),
+                provider=PROVIDER,
+                status=error.status,
+            )
+        return error
+
+    # ---- sync -------------------------------------------------------------------------------
+
+    def generate(self, request: LLMRequest) -> LLMResponse:
+        """One complete answer (a JSON response)."""
+        params = self.params(request, stream=False)
+        try:
+            completion = self.client.chat.completions.create(**params)
+        except Exception as exc:
+            raise self._error(exc, params["model"]) from None
+        return self._response(completion, params["model"])
+
+    def stream(self, request: LLMRequest) -> Iterator[LLMChunk]:
+        """The answer as it arrives (SSE). Closing the generator closes the HTTP response."""
+        params = self.params(request, stream=True)
+        model = params["model"]
+        try:
+            sdk_stream = self.client.chat.completions.create(**params)
+        except Exception as exc:
+            raise self._error(exc, model) from None
+        _reuse_connection(sdk_stream.response)
+        state = _StreamState()
+        convert = state.convert
+        try:
+            for raw in sdk_stream:
+                chunk = convert(raw)
+                if chunk is not None:
+                    yield chunk
+            state.check_complete(self.base_url)
+        except Exception as exc:
+            raise self._error(exc, model, state) from None
+        finally:
+            sdk_stream.close()
+
+    # ---- async ------------------------------------------------------------------------------
+
+    async def agenerate(self, request: LLMRequest) -> LLMResponse:
+        """Async twin of :meth:`generate`."""
+        params = self.params(request, stream=False)
+        try:
+            completion = await self._aclient().chat.completions.create(**params)
+        except Exception as exc:
+            raise self._error(exc, params["model"]) from None
+        return self._response(completion, params["model"])
+
+    async def astream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]:
+        """Async twin of :meth:`stream`; ``aclose()`` or cancelling the consumer closes the
+        HTTP response at once."""
+        params = self.params(request, stream=True)
+        model = params["model"]
+        try:
+            sdk_stream = await self._aclient().chat.completions.create(**params)
+        except Exception as exc:
+            raise self._error(exc, model) from None
+        _areuse_connection(sdk_stream.response)
+        state = _StreamState()
+        convert = state.convert
+        try:
+            async for raw in sdk_stream:
+                chunk = convert(raw)
+                if chunk is not None:
+                    yield chunk
+            state.check_complete(self.base_url)
+        except Exception as exc:
+            raise self._error(exc, model, state) from None
+        finally:
+            await sdk_stream.close()
+
+    # ---- responses --------------------------------------------------------------------------
+
+    def _response(self, completion: Any, model: str) -> LLMResponse:
+        choices = getattr(completion, "choices", None)
+        if not choices:
+            raise errors.ProviderError(
+                f"the server at {self.base_url} answered model {model!r} with no choices", provider=PROVIDER
+            )
+        choice = choices[0]
+        message = choice.message
+        calls = [
+            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "{}")
+            for c in (message.tool_calls or ())
+            if getattr(c, "function", None) is not None
+        ]
+        usage = completion.usage
+        return LLMResponse(
+            text=message.content or "",
+            tool_calls=calls,
+            finish_reason=choice.finish_reason,
+            usage=_usage(usage) if usage is not None else None,
+            model=completion.model,
+        )
+
+
+class _StreamState:
+    """What one stream has produced so far (for the partial text of a broken stream)."""
+
+    __slots__ = ("finish_reason", "parts", "started")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.started = False
+        self.finish_reason: str | None = None
+
+    def convert(self, raw: Any) -> LLMChunk | None:
+        choices = raw.choices
+        if choices:
+            # The common case first, cheaply: a chunk of text and nothing else.
+            choice = choices[0]
+            delta = choice.delta
+            text = delta.content
+            if text and delta.tool_calls is None and choice.finish_reason is None and raw.usage is None:
+                self.parts.append(text)
+                self.started = True
+                return LLMChunk(text)
+        usage = raw.usage
+        if not choices:
+            # The last chunk when include_usage is on: no choices, only usage.
+            if usage is None:
+                return None
+            return LLMChunk(usage=_usage(usage), model=raw.model)
+        choice = choices[0]
+        delta = choice.delta
+        text = delta.content or ""
+        tools = None
+        if delta.tool_calls:
+            tools = [
+                ToolCallDelta(
+                    index=t.index,
+                    id=t.id,
+                    name=t.function.name if t.function is not None else None,
+                    arguments=(t.function.arguments or "") if t.function is not None else "",
+                )
+                for t in delta.tool_calls
+            ]
+        finish = choice.finish_reason
+        if not (text or tools or finish or usage):
+            return None  # e.g. the first chunk, which carries only the role
+        if text:
+            self.parts.append(text)
+            self.started = True
+        elif tools:
+            self.started = True
+        if finish:
+            self.finish_reason = finish
+        return LLMChunk(
+            text=text,
+            tool_calls=tools,
+            finish_reason=finish,
+            usage=_usage(usage) if usage is not None else None,
+            model=raw.model,
+        )
+
+    def check_complete(self, base_url: str) -> None:
+        if self.finish_reason is None:
+            # The body ended cleanly but the answer did not: a server or proxy cut it short.
+            raise errors.ProviderConnectionError(
+                f"the stream from {base_url} ended before the answer was finished (no finish_reason)",
+                provider=PROVIDER,
+            )
+
+
+_DONE = b"data: [DONE]"
+
+
+def _reuse_connection(response: Any) -> None:
+    """Let a finished stream's connection go back to the pool.
+
+    The SDK stops reading at ``data: [DONE]`` and closes the response before the body's end
+    marker is read, and an HTTP/1.1 connection with an unread body is closed, not reused:
+    every stream would open a new connection (a new TLS handshake). So the body is read to
+    its end as soon as the bytes holding ``[DONE]`` arrive. A stream closed before then (a
+    cancel) still closes its connection at once.
+    """
+    original = response.iter_bytes
+
+    def iter_bytes(*args: Any, **kwargs: Any) -> Iterator[bytes]:
+        iterator = original(*args, **kwargs)
+        for data in iterator:
+            if _DONE in data:
+                for _rest in iterator:
+                    pass
+            yield data
+
+    response.iter_bytes = iter_bytes
+
+
+def _areuse_connection(response: Any) -> None:
+    """Async twin of :func:`_reuse_connection`."""
+    original = response.aiter_bytes
+
+    async def aiter_bytes(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+        iterator = original(*args, **kwargs)
+        async for data in iterator:
+            if _DONE in data:
+                async for _rest in iterator:
+                    pass
+            yield data
+
+    response.aiter_bytes = aiter_bytes
+
+
+def _usage(usage: Any) -> Usage:
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    return Usage(
+        input_tokens=usage.prompt_tokens or 0,
+        output_tokens=usage.completion_tokens or 0,
+        total_tokens=usage.total_tokens or 0,
+        cached_input_tokens=getattr(prompt_details, "cached_tokens", None) if prompt_details is not None else None,
+        reasoning_tokens=(
+            getattr(completion_details, "reasoning_tokens", None) if completion_details is not None else None
+        ),
+    )
+
+
+def _message(message: Message, index: int) -> dict[str, Any]:
+    if message.role == "tool":
+        if not message.tool_call_id:
+            raise errors.BadRequestError(
+                f"messages[{index}]: a tool result message needs the tool_call_id of the call it answers",
+                provider=PROVIDER,
+            )
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content or ""}
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.role == "assistant" and message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments or "{}"}}
+            for c in message.tool_calls
+        ]
+    elif message.content is None:
+        out["content"] = ""
+    if message.name:
+        out["name"] = message.name
+    return out
+
+
+def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(choice, dict) or choice in ("auto", "none", "required"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
+    """Amsha's ``{"name", "schema"[, "strict"]}`` (or a bare JSON schema) as OpenAI's
+    ``json_schema`` response format; one already in OpenAI's form passes through."""
+    if fmt.get("type") in ("json_schema", "json_object", "text"):
+        return fmt
+    if isinstance(fmt.get("schema"), dict):
+        name, schema, strict = fmt.get("name") or "output", fmt["schema"], fmt.get("strict")
+    else:
+        name, schema, strict = "output", fmt, None
+    spec: dict[str, Any] = {"name": _NAME.sub("_", str(name))[:64] or "output", "schema": schema}
+    if strict is not None:
+        spec["strict"] = bool(strict)
+    return {"type": "json_schema", "json_schema": spec}
+
+
+def build(ctx: BackendContext) -> OpenAIProvider:
+    """Factory registered as provider ``openai``: ``ctx.options`` is a validated
+    :class:`OpenAIOptions`, ``ctx.model`` the configured model."""
+    return OpenAIProvider(ctx.options, model=ctx.model, retry=ctx.config.retry, key=ctx.key or "provider")
