@@ -484,3 +484,18 @@ def test_closed_session_refuses_runs(session_factory: Any) -> None:
     session.close()
     with pytest.raises(Exception, match="closed"):
         session.run(inputs={"topic": "x"})
+
+
+def test_placeholders_are_filled_from_the_injected_state_and_inputs_win() -> None:
+    config = {
+        "provider": {"name": "scripted", "options": {"responses": [{"match": "Use 3 facts about reefs", "text": "ok"}]}},
+        "agents": {"a": {"role": "Writer", "goal": "Write"}},
+        "tasks": {"t": {"description": "Use {count} facts about {topic}", "agent": "a"}},
+    }
+    with ExecutionSession(config) as session:
+        state = ExecutionState({"count": 3, "topic": "kelp"})
+        result = session.run("t", inputs={"topic": "reefs"}, state=state).result(timeout=10)
+        assert result.outputs == {"t": "ok"}
+        assert state.get("topic") == "kelp"  # read, never written
+        with pytest.raises(InputError, match="count"):
+            session.run("t", inputs={"topic": "reefs"})

@@ -21,7 +21,7 @@ from .errors import AmshaError, RunCancelledError
 from .events import RunEventLog
 from .llm import LLM, CallContext
 from .registry import Registry
-from .state import ExecutionState
+from .state import ExecutionState, StateStore
 
 __all__ = ["BaseOrchestrator", "IOrchestrator", "RunContext", "TaskScope"]
 
@@ -81,6 +81,7 @@ class RunContext:
         tools: dict[str, Callable[..., Any]],
         cancel_event: threading.Event,
         options: dict[str, Any] | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.run_id = run_id
         self.mode = mode
@@ -93,6 +94,9 @@ class RunContext:
         self.cancel_event = cancel_event
         self.outputs: dict[str, Any] = {}
         self.options = options or {}
+        self.store = store
+        """The session's state store, for orchestrators that keep framework data (checkpoints)
+        next to the run's state; None when the run has no store."""
         self._llm_factory = llm_factory
         self._snapshot = snapshot
         self._call_ctx = CallContext(log, run_id, cancel_event=cancel_event)

@@ -7,6 +7,7 @@ from a run's inputs, as CrewAI users expect.
 
 from __future__ import annotations
 
+import json
 import string
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -126,5 +127,6 @@ def _format(text: str, inputs: Mapping[str, Any]) -> str:
     for literal, field, _spec, _conv in string.Formatter().parse(text):
         out.append(literal)
         if field:
-            out.append(str(inputs[field]))
+            value = inputs[field]
+            out.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
     return "".join(out)

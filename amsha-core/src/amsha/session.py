@@ -196,13 +196,15 @@ class ExecutionSession:
         mode = ExecutionMode(mode)
         names = self.registry.select([tasks] if isinstance(tasks, str) else tasks)
         inputs = dict(inputs or {})
-        registry = self.registry.render(inputs, names)
         if isinstance(state, ExecutionState):
             st = state
         elif isinstance(state, str):
             st = ExecutionState.from_store(self.store, state)
         else:
             st = ExecutionState(state or {})
+        # Placeholders may name keys of the injected state as well as inputs (inputs win), so
+        # a run's texts can use what earlier runs stored; the state itself is never changed.
+        registry = self.registry.render({**st.to_dict(), **inputs} if len(st) else inputs, names)
         tools: dict[str, Callable[..., Any]] = {}
         for name in names:
             spec = registry.task(name)
@@ -512,6 +514,7 @@ class _Run:
             snapshot=self._snapshot,
             tools=self.tools,
             cancel_event=self.cancel_event,
+            store=self.session.store,
         )
         self.status = RunStatus.RUNNING
         self.record.status = RunStatus.RUNNING

@@ -1,8 +1,27 @@
-"""Entry point module of amsha-orchestrator-crewai (group `amsha`).
+"""Entry point module of amsha-orchestrator-crewai (group ``amsha``): registers orchestrator
+``crewai``.
 
-It registers no backend yet: the orchestrator `crewai` is still to be built. Kept tiny on purpose:
-plugin modules are imported at session creation, so heavy imports belong in the adapter
-module that a factory imports only when the backend is selected.
+Tiny on purpose: it is imported whenever plugins are discovered, so the orchestrator module
+(which imports CrewAI) is named as a string and imported only when a session selects
+``crewai``.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
+from amsha import hookimpl
+
+from .options import CrewAIOptions
+
 AMSHA_PLUGIN_API = "1.0"
+
+
+@hookimpl
+def amsha_register_orchestrators(register: Any) -> None:
+    register(
+        "crewai",
+        "amsha_crewai.orchestrator:build",
+        options=CrewAIOptions,
+        description="CrewAI crews built from the registry; every LLM call through Amsha's LLM",
+    )
