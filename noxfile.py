@@ -113,6 +113,16 @@ def demo(session: nox.Session) -> None:
     session.run("amsha", "runs", "list", "--config", config, "--limit", "3")
 
 
+@nox.session
+def crewai_example(session: nox.Session) -> None:
+    """The CrewAI example (examples/crewai): a crew from CrewAI's YAML files with a tool,
+    streamed, then in the background."""
+    _env(session)
+    session.install(CORE, "./amsha-orchestrator-crewai")
+    session.run("python", "examples/crewai/run.py", "--topic", "tide pools")
+    session.run("python", "examples/crewai/run.py", "--topic", "tide pools", "--background")
+
+
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Benchmarks side by side with peers; one JSON line per figure. The peers are listed in

@@ -89,7 +89,11 @@ def test_a_tool_call_round_trip_through_crewai(config: dict[str, Any]) -> None:
     config["tools"] = {"lookup": "conftest:lookup"}
     config["agents"]["researcher"]["tools"] = ["lookup"]
     config["provider"]["options"]["responses"][:1] = [
-        {"match": "Research tide pools", "times": 1, "tool_calls": [{"name": "lookup", "arguments": {"species": "anemone"}}]},
+        {
+            "match": "Research tide pools",
+            "times": 1,
+            "tool_calls": [{"name": "lookup", "arguments": {"species": "anemone"}}],
+        },
         # Answers only once the tool's result was fed back to the model.
         {"match": "eats plankton", "text": RESEARCH},
     ]

@@ -22,10 +22,10 @@ class CrewAIOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_iter: int = Field(
-        25, ge=1, description="agent reasoning iterations allowed per task (CrewAI's Agent.max_iter)"
+    max_iter: int = Field(25, ge=1, description="agent reasoning iterations allowed per task (CrewAI's Agent.max_iter)")
+    allow_delegation: bool = Field(
+        False, description="let agents delegate to each other (CrewAI's Agent.allow_delegation)"
     )
-    allow_delegation: bool = Field(False, description="let agents delegate to each other (CrewAI's Agent.allow_delegation)")
     verbose: bool = Field(False, description="CrewAI's own console output")
     event_flush_timeout_s: float = Field(
         5.0, gt=0, description="seconds to wait for CrewAI's event handlers when ordering its events"

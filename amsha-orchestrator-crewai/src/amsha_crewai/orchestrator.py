@@ -163,7 +163,9 @@ class RunBridge:
             run.emit("framework.crew.finished", span_id=self.crew_span, data={**seq, "crew": event.crew_name})
         elif isinstance(event, CrewKickoffFailedEvent):
             run.emit(
-                "framework.crew.failed", span_id=self.crew_span, data={**seq, "crew": event.crew_name, "error": event.error}
+                "framework.crew.failed",
+                span_id=self.crew_span,
+                data={**seq, "crew": event.crew_name, "error": event.error},
             )
         elif isinstance(event, TaskStartedEvent):
             name = self._task_name(getattr(event, "task", None))
@@ -295,13 +297,13 @@ class CrewAIOrchestrator(BaseOrchestrator):
                 # is kept by Amsha (the callback is how each output reaches it).
                 warnings.filterwarnings("ignore", message="function callbacks cannot be serialized")
                 task = Task(
-                name=name,
-                description=description,
-                expected_output=spec.expected_output or "A complete answer to the task.",
-                agent=agents[agent_name],
-                context=in_run or None,
-                tools=[to_crewai_tool(t, self._tool(run, t)) for t in spec.tools] or None,
-                callback=_callback(bridge, name, bool(spec.output_schema)),
+                    name=name,
+                    description=description,
+                    expected_output=spec.expected_output or "A complete answer to the task.",
+                    agent=agents[agent_name],
+                    context=in_run or None,
+                    tools=[to_crewai_tool(t, self._tool(run, t)) for t in spec.tools] or None,
+                    callback=_callback(bridge, name, bool(spec.output_schema)),
                 )
             tasks[name] = task
             bridge.tasks_by_id[id(task)] = name
