@@ -23,6 +23,7 @@ PLUGINS = [
     "amsha-orchestrator-crewai",
     "amsha-orchestrator-langgraph",
     "amsha-state-sqlite",
+    "amsha-observer-opentelemetry",
 ]
 # Frameworks phone home unless told not to; tests and demos run offline.
 OFFLINE_ENV = {
@@ -64,6 +65,7 @@ def plugin(session: nox.Session, dist: str) -> None:
         "amsha-orchestrator-crewai": "amsha_crewai",
         "amsha-orchestrator-langgraph": "amsha_langgraph",
         "amsha-state-sqlite": "amsha_sqlite",
+        "amsha-observer-opentelemetry": "amsha_otel",
     }[dist]
     session.run("python", "-c", f"import {module}.plugin")
     session.run("amsha", "plugins")

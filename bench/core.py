@@ -33,6 +33,7 @@ FIRST_PARTY = (
     "amsha-orchestrator-crewai",
     "amsha-orchestrator-langgraph",
     "amsha-state-sqlite",
+    "amsha-observer-opentelemetry",
 )
 
 

@@ -499,3 +499,51 @@ def test_placeholders_are_filled_from_the_injected_state_and_inputs_win() -> Non
         assert state.get("topic") == "kelp"  # read, never written
         with pytest.raises(InputError, match="count"):
             session.run("t", inputs={"topic": "reefs"})
+
+
+def test_run_context_exposes_the_session_store() -> None:
+    """Orchestrators that keep framework data (LangGraph checkpoints) next to the run's
+    state reach the session's store through ``run.store``."""
+    from amsha import BaseOrchestrator, RunContext
+
+    seen: list[Any] = []
+
+    class Probe(BaseOrchestrator):
+        name = "probe"
+
+        def execute(self, run: RunContext) -> None:
+            seen.append(run.store)
+
+    with ExecutionSession({}) as session:
+        session.orchestrator = Probe()
+        session.registry.add_agent("a", role="r", goal="g")
+        session.registry.add_task("t", description="d", agent="a")
+        session.run(["t"]).result(timeout=10)
+        assert seen == [session.store]
+
+
+def test_an_observer_ignoring_event_kinds_is_never_sent_them() -> None:
+    class NoTokens:
+        ignored_event_kinds = ("llm.token", "task.started", "task.finished", "state.snapshot", "llm.started")
+
+        def __init__(self) -> None:
+            self.kinds: list[str] = []
+
+        def on_event(self, event: Event) -> None:
+            self.kinds.append(event.kind)
+
+        def close(self) -> None:
+            pass
+
+    watcher = NoTokens()
+    config = {
+        "provider": {"name": "scripted", "options": {"responses": ["one two three"]}},
+        "agents": {"a": {"role": "R", "goal": "G"}},
+        "tasks": {"t": {"description": "Say it", "agent": "a"}},
+    }
+    with ExecutionSession(config, observers=[watcher]) as session:
+        handle = session.run("t")
+        handle.result(timeout=10)
+        assert session.flush_observers(5)
+        assert any(e.kind == "llm.token" for e in handle.stream())
+    assert watcher.kinds == ["run.started", "llm.finished", "run.finished"]

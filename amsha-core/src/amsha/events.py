@@ -120,6 +120,9 @@ class Observer(Protocol):
     ``on_event`` is called in event order. An observer that raises is reported once (an
     ``observer.error`` event and a warning) and then skipped for the rest of that run; it
     never fails the run. ``close`` is called when the session closes.
+
+    Optional: an ``ignored_event_kinds`` attribute (a collection of kinds, e.g.
+    ``{"llm.token"}``) names events the observer is never sent; unset, it gets every event.
     """
 
     def on_event(self, event: Event) -> None: ...

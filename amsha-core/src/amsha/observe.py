@@ -63,11 +63,16 @@ class ObserverChannel:
         self._thread: threading.Thread | None = None
         self._broken_runs: set[str] = set()
         self._full_runs: set[str] = set()
+        # An observer may name event kinds it ignores (e.g. ``llm.token``): those are never
+        # queued for it, which keeps the per-token cost off observers that do not use tokens.
+        self.ignored_kinds: frozenset[str] = frozenset(getattr(observer, "ignored_event_kinds", None) or ())
 
     # ---- producer side (the run's emitting thread) ---------------------------------------
 
     def submit(self, event: Event) -> None:
         """Queue ``event`` for the observer; never blocks, never raises."""
+        if event.kind in self.ignored_kinds:
+            return
         with self._cond:
             if self._closed or event.run_id in self._broken_runs:
                 return
@@ -86,7 +91,8 @@ class ObserverChannel:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=f"amsha-observer-{self.name}", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if len(self._queue) == 1:
+                self._cond.notify_all()  # the worker may be asleep; with more queued it is awake
 
     # ---- consumer side (the channel's thread) --------------------------------------------
 
@@ -97,14 +103,19 @@ class ObserverChannel:
                     self._cond.wait()
                 if not self._queue:
                     return  # closed and drained
-                event = self._queue.popleft()
+                # Everything queued at once: one lock round trip per batch, not per event.
+                batch, self._queue = self._queue, collections.deque()
                 self._busy = True
-                skip = event.run_id in self._broken_runs
             try:
-                if not skip:
-                    self.observer.on_event(event)
-            except Exception as exc:
-                self._report(event, exc)
+                on_event = self.observer.on_event
+                broken = self._broken_runs
+                for event in batch:
+                    if event.run_id in broken:
+                        continue
+                    try:
+                        on_event(event)
+                    except Exception as exc:
+                        self._report(event, exc)
             finally:
                 with self._cond:
                     self._busy = False
