@@ -145,7 +145,11 @@ class ProviderContract:
 
     def test_tools_are_accepted_when_declared(self, provider: Any, llm_request: LLMRequest) -> None:
         if not provider.capabilities.tools:
-            pytest.skip("the provider declares no tool support")
+            # Not declared: a plain request must still answer, with no tool calls made up.
+            plain = provider.generate(llm_request)
+            if not isinstance(plain, LLMResponse) or plain.tool_calls:
+                _fail("a provider declaring no tool support must answer plain requests without tool calls")
+            return
         tool = ToolSpec("lookup", "Look a word up.", {"type": "object", "properties": {"word": {"type": "string"}}})
         with_tools = LLMRequest(messages=llm_request.messages, model=llm_request.model, tools=[tool])
         response = provider.generate(with_tools)
@@ -154,7 +158,14 @@ class ProviderContract:
 
     def test_closing_a_stream_ends_it(self, provider: Any, llm_request: LLMRequest) -> None:
         if not provider.capabilities.streaming:
-            pytest.skip("the provider does not stream")
+            # Not declared: the LLM wrapper streams the complete answer as one chunk.
+            from ..llm import LLM
+
+            with LLM(provider).stream(llm_request) as stream:
+                chunks = list(stream)
+            if len(chunks) != 1 or stream.response is None:
+                _fail("a non-streaming provider's answer must reach LLM.stream as one chunk")
+            return
         iterator = provider.stream(llm_request)
         next(iter(iterator))
         close = getattr(iterator, "close", None)
