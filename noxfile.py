@@ -125,6 +125,15 @@ def crewai_example(session: nox.Session) -> None:
     session.run("python", "examples/crewai/run.py", "--topic", "tide pools", "--background")
 
 
+@nox.session
+def langgraph_example(session: nox.Session) -> None:
+    """The LangGraph example (examples/langgraph): a registry graph streamed, then a client
+    graph paused for a human and resumed from the store in a new session."""
+    _env(session)
+    session.install(CORE, "./amsha-orchestrator-langgraph")
+    session.run("python", "examples/langgraph/run.py")
+
+
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Benchmarks side by side with peers; one JSON line per figure. The peers are listed in
