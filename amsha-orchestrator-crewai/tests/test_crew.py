@@ -45,8 +45,13 @@ def test_two_agent_crew_with_context_outputs_events_metrics_and_snapshots(config
     ]
     assert [e.seq for e in events] == list(range(len(events)))
     # LLM events sit under their task's span; tasks under the run.
-    spans = {e.task: e.span_id for e in events if e.kind == "task.started"}
-    assert all(e.parent_id == spans[e.task] for e in events if e.kind == "llm.started")
+    # Spans: run > task > agent execution > LLM call; no span id is reused.
+    tasks = {e.task: e.span_id for e in events if e.kind == "task.started"}
+    agents = {e.task: e.span_id for e in events if e.kind == "agent.started"}
+    assert all(e.parent_id == handle.run_id for e in events if e.kind == "task.started")
+    assert all(e.parent_id == tasks[e.task] for e in events if e.kind in ("agent.started", "agent.finished"))
+    assert all(e.parent_id == agents[e.task] for e in events if e.kind == "llm.started")
+    assert len({*tasks.values(), *agents.values()}) == 4
     # Metrics are the provider's usage, summed.
     usage = [e.data["usage"] for e in events if e.kind == "llm.finished"]
     total = result.metrics.to_dict()["total"]
@@ -108,6 +113,8 @@ def test_a_tool_call_round_trip_through_crewai(config: dict[str, Any]) -> None:
     assert started[0].data["tool"] == "lookup" and "anemone" in started[0].data["arguments"]
     assert "eats plankton" in finished[0].data["result"]
     assert started[0].task == "research" and started[0].span_id == finished[0].span_id
+    agent_span = next(e.span_id for e in events if e.kind == "agent.started" and e.task == "research")
+    assert started[0].parent_id == agent_span
     kinds = _kinds(events)
     i = kinds.index(("tool.started", "research"))
     assert kinds[i - 1] == ("llm.finished", "research") and kinds[i + 1] == ("tool.finished", "research")

@@ -125,6 +125,7 @@ class RunBridge:
         self.crew_span = f"crew-{uuid.uuid4().hex[:12]}"
         self.task_spans: dict[str, str] = {}
         self.task_agents: dict[str, str] = {}
+        self.agent_spans: dict[str, str] = {}
         self.tasks_by_id: dict[int, str] = {}
         self.agents_by_id: dict[int, str] = {}
         self.current_task: str | None = None
@@ -180,20 +181,23 @@ class RunBridge:
             agent = self.agents_by_id.get(id(getattr(event, "agent", None)))
             if name is None or agent is None:
                 return
-            kind = {
-                AgentExecutionStartedEvent: "agent.started",
-                AgentExecutionCompletedEvent: "agent.finished",
-                AgentExecutionErrorEvent: "framework.agent.failed",
-            }[type(event)]
             data: dict[str, Any] = {**seq, "agent": agent}
+            task_span = self.task_spans[name]
+            if isinstance(event, AgentExecutionStartedEvent):
+                # The agent's execution is a span of its own under the task; the LLM calls and
+                # tools of that execution go under it.
+                span = self.agent_spans[name] = f"agent-{uuid.uuid4().hex[:12]}"
+                run.emit("agent.started", span_id=span, parent_id=task_span, task=name, agent=agent, data=data)
+                return
+            span = self.agent_spans.pop(name, None) or f"agent-{uuid.uuid4().hex[:12]}"
             if isinstance(event, AgentExecutionErrorEvent):
-                data["error"] = event.error
-            run.emit(kind, span_id=self.task_spans[name], task=name, agent=agent, data=data)
+                data["error"] = {"type": "AgentExecutionError", "message": str(event.error)}
+            run.emit("agent.finished", span_id=span, parent_id=task_span, task=name, agent=agent, data=data)
         elif isinstance(event, ToolUsageStartedEvent | ToolUsageFinishedEvent | ToolUsageErrorEvent):
             name = self._task_name(getattr(event, "from_task", None)) or self.current_task
             agent = self.task_agents.get(name) if name else None
             key = (name, event.tool_name)
-            parent = self.task_spans.get(name) if name else None
+            parent = (self.agent_spans.get(name) or self.task_spans.get(name)) if name else None
             if isinstance(event, ToolUsageStartedEvent):
                 span = f"tool-{uuid.uuid4().hex[:12]}"
                 self._tool_spans.setdefault(key, []).append(span)
@@ -231,7 +235,8 @@ class RunBridge:
         agent = self.agents_by_id.get(id(crew_agent)) if crew_agent is not None else None
         if name is not None:
             agent = agent or self.task_agents[name]
-            return self.run.llm_for(agent, task=name, parent_id=self.task_spans[name])
+            parent = self.agent_spans.get(name) or self.task_spans[name]
+            return self.run.llm_for(agent, task=name, parent_id=parent)
         return self.run.llm_for(agent, parent_id=self.crew_span)
 
     def on_call(self) -> None:
