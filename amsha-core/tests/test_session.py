@@ -547,3 +547,33 @@ def test_an_observer_ignoring_event_kinds_is_never_sent_them() -> None:
         assert session.flush_observers(5)
         assert any(e.kind == "llm.token" for e in handle.stream())
     assert watcher.kinds == ["run.started", "llm.finished", "run.finished"]
+
+
+def test_run_links_are_captured_in_the_callers_thread_and_carried_on_run_started() -> None:
+    caller = threading.local()
+
+    class Linking:
+        def run_links(self, run_id: str) -> dict[str, str]:
+            return {"who": caller.name, "run": run_id}
+
+        def on_event(self, event: Event) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    class Broken(Linking):
+        def run_links(self, run_id: str) -> dict[str, str]:
+            raise RuntimeError("boom")
+
+    config = {
+        "provider": {"name": "scripted", "options": {"responses": ["ok"]}},
+        "agents": {"a": {"role": "R", "goal": "G"}},
+        "tasks": {"t": {"description": "Say it", "agent": "a"}},
+    }
+    caller.name = "request-7"
+    with ExecutionSession(config, observers=[Broken(), Linking()]) as session:
+        handle = session.run("t", mode="background")
+        assert handle.result(timeout=10).outputs == {"t": "ok"}
+        started = next(e for e in handle.stream() if e.kind == "run.started")
+    assert started.data["links"] == {"who": "request-7", "run": handle.run_id}

@@ -267,3 +267,20 @@ def test_dump_helper_sees_attributes() -> None:
         session.run(["sum"], inputs={"topic": "x"}).result(timeout=30)
         text = dump(spans_of(session))
     assert '"gen_ai.tool.name": "add"' in text
+
+
+@pytest.mark.parametrize("mode", ["interactive", "background"])
+def test_a_run_started_inside_a_span_of_the_application_is_its_child(mode: str) -> None:
+    with ExecutionSession(make_config()) as session:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        tracer = TracerProvider().get_tracer("app")  # the application's own tracing
+        with tracer.start_as_current_span("handle request") as outer:
+            handle = session.run(inputs={"topic": "numbers"}, mode=mode)
+        handle.result(timeout=30)
+        spans = spans_of(session)
+    run = next(s for s in spans if s.name == "invoke_workflow amsha")
+    assert run.context.trace_id == outer.get_span_context().trace_id
+    assert run.parent is not None and run.parent.span_id == outer.get_span_context().span_id
+    started = next(e for e in handle.stream() if e.kind == "run.started")
+    assert started.data["links"]["traceparent"].startswith("00-")

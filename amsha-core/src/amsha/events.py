@@ -123,6 +123,9 @@ class Observer(Protocol):
 
     Optional: an ``ignored_event_kinds`` attribute (a collection of kinds, e.g.
     ``{"llm.token"}``) names events the observer is never sent; unset, it gets every event.
+    Optional: a ``run_links(run_id) -> Mapping[str, str]`` method is called in the caller's
+    thread when a run starts; what it returns is carried on ``run.started`` as ``links`` (a
+    tracing observer passes the caller's ``traceparent`` this way).
     """
 
     def on_event(self, event: Event) -> None: ...

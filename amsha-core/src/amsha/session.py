@@ -448,6 +448,9 @@ class _Run:
         )
         self.log = RunEventLog(run_id, [self.collector])
         self._pending: list[dict[str, Any]] = []
+        self.links = _run_links(session.observers, run_id)
+        """What observers captured in the caller's thread when the run was started (e.g. a
+        W3C ``traceparent``), carried on the ``run.started`` event."""
         self.log.add_sink(self._persist)
         for channel in session._channels:
             self.log.add_sink(channel.submit)
@@ -528,6 +531,7 @@ class _Run:
                     "mode": self.mode.value,
                     "tasks": self.task_names,
                     "orchestrator": getattr(self.session.orchestrator, "name", None),
+                    **({"links": self.links} if self.links else {}),
                 },
             )
             await asyncio.to_thread(self.session.store.put_run, self.record)
@@ -708,3 +712,20 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             }
     finally:
         os.chdir(cwd)
+
+
+def _run_links(observers: Sequence[Any], run_id: str) -> dict[str, str]:
+    """Ask each observer with a ``run_links(run_id)`` method, in the caller's thread, for
+    string pairs to carry on ``run.started`` (an observer on a thread of its own cannot see
+    the caller's context later). A failing observer gives nothing; the run goes on."""
+    links: dict[str, str] = {}
+    for observer in observers:
+        capture = getattr(observer, "run_links", None)
+        if capture is None:
+            continue
+        try:
+            found = capture(run_id) or {}
+            links.update({str(k): str(v) for k, v in found.items()})
+        except Exception as exc:
+            log.warning("amsha: observer %r failed in run_links: %s", observer, exc)
+    return links

@@ -36,7 +36,7 @@ from amsha.errors import ConfigError
 from amsha.plugins import BackendContext
 from amsha.secrets import get_secret, has_secrets, redact
 from opentelemetry import metrics as otel_metrics
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TracerProvider
@@ -302,6 +302,15 @@ class OtelObserver:
 
     # ---- events ---------------------------------------------------------------------------
 
+    def run_links(self, run_id: str) -> dict[str, str]:
+        """Called by the session in the caller's thread as a run starts: the caller's active
+        trace context (W3C ``traceparent``), so the run's span becomes its child."""
+        if not trace.get_current_span().get_span_context().is_valid:
+            return {}
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return carrier
+
     def on_event(self, event: Event) -> None:
         """Turn one event into span starts, ends, span events and metric points."""
         kind = event.kind
@@ -380,8 +389,11 @@ class OtelObserver:
             attrs["amsha.orchestrator"] = str(d["orchestrator"])
         if self.options.openinference:
             attrs["openinference.span.kind"] = "CHAIN"
+        links = d.get("links")
+        # The caller's trace context, captured when it started the run (see run_links).
+        parent = propagate.extract(links) if isinstance(links, Mapping) and links else Context()
         span = self.tracer.start_span(
-            f"invoke_workflow {workflow}", context=Context(), attributes=attrs, start_time=_ns(event.ts)
+            f"invoke_workflow {workflow}", context=parent, attributes=attrs, start_time=_ns(event.ts)
         )
         run.open[event.span_id] = span
         run.run_span = span
