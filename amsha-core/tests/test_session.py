@@ -15,6 +15,7 @@ from _amsha_support import make_config
 
 from amsha import Event, ExecutionMode, ExecutionSession, ExecutionState, RunStatus
 from amsha.errors import (
+    ConfigError,
     InputError,
     ReplayDivergenceError,
     RunCancelledError,
@@ -577,3 +578,28 @@ def test_run_links_are_captured_in_the_callers_thread_and_carried_on_run_started
         assert handle.result(timeout=10).outputs == {"t": "ok"}
         started = next(e for e in handle.stream() if e.kind == "run.started")
     assert started.data["links"] == {"who": "request-7", "run": handle.run_id}
+
+
+def test_agents_may_name_tools_passed_in_code() -> None:
+    def shout(text: str) -> str:
+        """Shout the text."""
+        return text.upper()
+
+    config = {
+        "provider": {
+            "name": "scripted",
+            "options": {
+                "responses": [
+                    {"match": "Shout", "times": 1, "tool_calls": [{"name": "shout", "arguments": {"text": "hi"}}]},
+                    {"match": "HI", "text": "done"},
+                ]
+            },
+        },
+        "agents": {"a": {"role": "R", "goal": "G", "tools": ["shout"]}},
+        "tasks": {"t": {"description": "Shout hi", "agent": "a"}},
+    }
+    with pytest.raises(ConfigError, match="tools=") as info:
+        ExecutionSession(config)
+    assert "agents.a.tools[0]" in str(info.value)
+    with ExecutionSession(config, tools={"shout": shout}) as session:
+        assert session.run("t").result(timeout=10).outputs == {"t": "done"}

@@ -194,3 +194,29 @@ def test_injected_state_reaches_the_crew_and_outputs_are_written_into_it(config:
     assert result.outputs["write"] == POST
     assert state.to_dict() == {"audience": "children", "research": RESEARCH, "write": POST}
     assert state.version == 2
+
+
+def test_a_crewai_tool_passed_in_code_is_used_as_is(config: dict[str, Any]) -> None:
+    from crewai.tools import BaseTool
+
+    class Lookup(BaseTool):
+        name: str = "lookup"
+        description: str = "Look up a species."
+
+        def _run(self, species: str) -> str:
+            return f"{species} eats plankton"
+
+    config["agents"]["researcher"]["tools"] = ["lookup"]
+    config["provider"]["options"]["responses"][:1] = [
+        {
+            "match": "Research tide pools",
+            "times": 1,
+            "tool_calls": [{"name": "lookup", "arguments": {"species": "kelp"}}],
+        },
+        {"match": "kelp eats plankton", "text": RESEARCH},
+    ]
+    with ExecutionSession(config, tools={"lookup": Lookup()}) as session:
+        handle = session.run(inputs={"topic": "tide pools"})
+        assert handle.result(timeout=60).outputs["research"] == RESEARCH
+        finished = [e for e in handle.stream() if e.kind == "tool.finished"]
+    assert [e.data["result"] for e in finished] == ["kelp eats plankton"]

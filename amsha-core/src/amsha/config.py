@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from .errors import ConfigError
 
@@ -143,8 +143,10 @@ class AmshaConfig(_Strict):
     retry: RetryConfig = Field(default_factory=RetryConfig)
 
     @model_validator(mode="after")
-    def _names_and_refs(self) -> AmshaConfig:
+    def _names_and_refs(self, info: ValidationInfo) -> AmshaConfig:
         problems: list[tuple[str, str]] = []
+        # Tools passed in code (ExecutionSession(tools=...)) count as declared.
+        known_tools = set(self.tools) | set((info.context or {}).get("code_tools", ()))
         for name, agent in self.agents.items():
             agent.name = name
             if agent.llm is not None and agent.llm not in self.llms:
@@ -152,8 +154,8 @@ class AmshaConfig(_Strict):
                     (f"agents.{name}.llm", f"unknown llm {agent.llm!r}; expected one of: {_names(self.llms)}")
                 )
             for i, tool in enumerate(agent.tools):
-                if tool not in self.tools:
-                    problems.append((f"agents.{name}.tools[{i}]", f"unknown tool {tool!r}; declare it under 'tools'"))
+                if tool not in known_tools:
+                    problems.append((f"agents.{name}.tools[{i}]", _unknown_tool(tool)))
         order = list(self.tasks)
         for name, task in self.tasks.items():
             task.name = name
@@ -169,8 +171,8 @@ class AmshaConfig(_Strict):
                 elif order.index(ref) >= order.index(name) and not self.pipeline:
                     problems.append((f"tasks.{name}.context[{i}]", f"task {ref!r} must come before {name!r}"))
             for i, tool in enumerate(task.tools):
-                if tool not in self.tools:
-                    problems.append((f"tasks.{name}.tools[{i}]", f"unknown tool {tool!r}; declare it under 'tools'"))
+                if tool not in known_tools:
+                    problems.append((f"tasks.{name}.tools[{i}]", _unknown_tool(tool)))
         for i, ref in enumerate(self.pipeline or []):
             if ref not in self.tasks:
                 problems.append((f"pipeline[{i}]", f"unknown task {ref!r}; expected one of: {_names(self.tasks)}"))
@@ -313,11 +315,13 @@ def load_config(
     source: AmshaConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    code_tools: Iterable[str] = (),
 ) -> tuple[AmshaConfig, Path]:
     """Load and validate a config; returns it with the directory relative paths resolve from.
 
     ``source`` is a file path (YAML, TOML or JSON), a mapping, an :class:`AmshaConfig`, or
     None for the defaults. Environment overrides (``AMSHA__...``) apply to files and mappings.
+    ``code_tools``: names of tools given in code, which agents and tasks may name too.
     """
     env = os.environ if environ is None else environ
     if isinstance(source, AmshaConfig):
@@ -337,6 +341,10 @@ def load_config(
     _include_registry_files(data, base_dir, label)
     _apply_env(data, env)
     try:
-        return AmshaConfig.model_validate(data), base_dir
+        return AmshaConfig.model_validate(data, context={"code_tools": list(code_tools)}), base_dir
     except ValidationError as err:
         raise ConfigError(format_validation_error(err), source=label) from None
+
+
+def _unknown_tool(tool: str) -> str:
+    return f"unknown tool {tool!r}; declare it under 'tools' (module:callable) or pass it with tools={{...}}"

@@ -73,7 +73,7 @@ class ExecutionSession:
         observers: Iterable[Observer] = (),
         executor: concurrent.futures.Executor | None = None,
     ) -> None:
-        self.config, self.base_dir = load_config(config)
+        self.config, self.base_dir = load_config(config, code_tools=tools or ())
         self._source = config if isinstance(config, str | os.PathLike) else None
         self.plugins: PluginSet = load_plugins(plugins)
         self._extra_plugins = list(plugins)
