@@ -7,9 +7,11 @@ import itertools
 import json
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import amsha_sqlite.store as store_module
 import pytest
 from amsha_sqlite.store import SqliteStore
 from hypothesis import given, settings
@@ -44,9 +46,9 @@ def store() -> Iterator[SqliteStore]:
         s.close()
 
 
-@settings(max_examples=120, deadline=None)
-@given(versions=history)
-def test_every_version_round_trips(store: SqliteStore, versions: list[tuple[dict[str, Any], str]]) -> None:
+def check_history(store: SqliteStore, versions: list[tuple[dict[str, Any], str]]) -> tuple[str, list]:
+    """Write ``versions``, read each back, delete run r1's, read the rest back; returns the
+    state id and the kept (version, data) pairs."""
     state_id = f"s{next(_ids)}"
     for i, (data, run) in enumerate(versions):
         assert store.put_state(state_id, data, expected_version=i, run_id=f"{state_id}-{run}") == i + 1
@@ -57,3 +59,41 @@ def test_every_version_round_trips(store: SqliteStore, versions: list[tuple[dict
     assert [v.version for v in store.list_versions(state_id)] == [i for i, _ in kept]
     for i, data in kept:
         assert exact(store.get_state(state_id, i).data) == exact(data), f"version {i} after delete_run"
+    return state_id, kept
+
+
+@settings(max_examples=120, deadline=None)
+@given(versions=history)
+def test_every_version_round_trips(store: SqliteStore, versions: list[tuple[dict[str, Any], str]]) -> None:
+    check_history(store, versions)
+
+
+@contextmanager
+def deltas_only(depth: int) -> Iterator[None]:
+    """Store every version as a delta on the one before, with a snapshot every ``depth + 1``
+    versions, so the delta rows (removals, orders, chains) and their rewriting are exercised
+    on states of any size."""
+    saved = store_module.MAX_DEPTH, store_module._DELTA_SHARE, store_module._CHAIN_SHARE
+    store_module.MAX_DEPTH, store_module._DELTA_SHARE, store_module._CHAIN_SHARE = depth, 1e18, 1e18
+    try:
+        yield
+    finally:
+        store_module.MAX_DEPTH, store_module._DELTA_SHARE, store_module._CHAIN_SHARE = saved
+
+
+@settings(max_examples=120, deadline=None)
+@given(versions=history, depth=st.integers(min_value=1, max_value=4))
+def test_every_version_round_trips_through_delta_chains(
+    store: SqliteStore, versions: list[tuple[dict[str, Any], str]], depth: int
+) -> None:
+    with deltas_only(depth):
+        state_id, kept = check_history(store, versions)
+        # A fresh instance holds nothing in memory: everything is read from the file.
+        fresh = SqliteStore(store.path)
+        for i, data in kept:
+            assert exact(fresh.get_state(state_id, i).data) == exact(data), f"version {i}, fresh store"
+        if kept:
+            latest = kept[-1][0]
+            assert fresh.put_state(state_id, {"after": True}, expected_version=latest) == latest + 1
+            assert fresh.get_state(state_id, latest).data == kept[-1][1]
+        fresh.close()

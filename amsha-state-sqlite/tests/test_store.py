@@ -28,7 +28,7 @@ from amsha.errors import (
     VersionConflictError,
 )
 from amsha.state import RunRecord
-from amsha_sqlite.store import SCHEMA_VERSION, SqliteStore
+from amsha_sqlite.store import MAX_DEPTH, SCHEMA_VERSION, SqliteStore
 
 
 @pytest.fixture
@@ -38,10 +38,16 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
     s.close()
 
 
-def counts(path: Path) -> dict[str, int]:
+def layout(path: Path) -> dict[str, int]:
+    """Rows, snapshot rows and stored bytes (values, removals, orders) of every state version."""
     conn = sqlite3.connect(path)
     try:
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("blobs", "state_keys")}
+        rows, snapshots, stored = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE base = version), "
+            "coalesce(sum(length(data) + coalesce(length(removed), 0) + coalesce(length(ord), 0)), 0) "
+            "FROM state_versions"
+        ).fetchone()
+        return {"rows": rows, "snapshots": snapshots, "bytes": stored}
     finally:
         conn.close()
 
@@ -100,20 +106,39 @@ def test_memory_path_is_refused(tmp_path: Path) -> None:
 def test_a_version_stores_only_the_keys_that_changed(store: SqliteStore) -> None:
     big = {f"k{i}": f"{i}:" + "x" * 10_000 for i in range(100)}  # about 1 MB
     store.put_state("s", big, expected_version=0)
-    before = counts(store.path)
-    assert before == {"blobs": 100, "state_keys": 100}
+    first = layout(store.path)
+    assert first["rows"] == first["snapshots"] == 1 and 1_000_000 < first["bytes"] < 1_010_000
     state = dict(big)
     for v in range(1, 51):
         state[f"k{v % 7}"] = f"changed {v}"
         store.put_state("s", state, expected_version=v)
-    after = counts(store.path)
-    # One new row and one new value per version, never the whole state again.
-    assert after == {"blobs": 150, "state_keys": 150}
+    after = layout(store.path)
+    # One small delta row per version, never the whole state again.
+    assert after["rows"] == 51 and after["snapshots"] == 1
+    assert after["bytes"] - first["bytes"] < 50 * 40
     assert store.get_state("s").data == state
-    # A version that repeats an earlier value adds a row but no value (content addressing).
-    state["k0"] = "changed 7"  # the value k0 held at version 8... for k0: v=7 wrote k0
-    store.put_state("s", state, expected_version=51)
-    assert counts(store.path) == {"blobs": 150, "state_keys": 151}
+    assert store.get_state("s", 1).data == big
+    # A version that rewrites most of the state is stored whole, so reads stay short.
+    store.put_state("s", {k: v + "!" for k, v in state.items()}, expected_version=51)
+    assert layout(store.path)["snapshots"] == 2
+
+
+def test_reads_build_on_a_bounded_chain(store: SqliteStore) -> None:
+    state = {f"k{i}": f"{i}:" + "y" * 1_000 for i in range(20)}  # about 20 KB
+    for v in range(250):
+        state = {**state, f"k{v % 20}": f"{v}:" + "z" * 1_000}  # about 5% of the state changes
+        store.put_state("s", state, expected_version=v)
+    conn = sqlite3.connect(store.path)
+    chains = conn.execute("SELECT version, base, depth, chain FROM state_versions ORDER BY version").fetchall()
+    conn.close()
+    # A snapshot once the deltas since the last one add up to the state's size (about every 20
+    # versions here), and never more than MAX_DEPTH deltas after one.
+    assert all(v - base == depth <= MAX_DEPTH for v, base, depth, _ in chains)
+    assert all(chain <= 21_000 for *_, chain in chains)
+    snapshots = [v for v, base, _, _ in chains if v == base]
+    assert 10 <= len(snapshots) <= 16, snapshots
+    assert store.get_state("s").data == state
+    assert store.get_state("s", 137).data["k16"].startswith("136:")
 
 
 def test_every_version_reads_back_exactly_with_key_order(store: SqliteStore) -> None:
@@ -135,10 +160,16 @@ def test_every_version_reads_back_exactly_with_key_order(store: SqliteStore) -> 
     assert [v.version for v in store.list_versions("s")] == list(range(1, len(history) + 1))
 
 
-def test_unchanged_state_adds_a_version_but_no_rows(store: SqliteStore) -> None:
+def test_unchanged_state_adds_a_version_but_no_values(store: SqliteStore) -> None:
     store.put_state("s", {"a": "x" * 1000}, expected_version=0)
     store.put_state("s", {"a": "x" * 1000}, expected_version=1)
-    assert counts(store.path) == {"blobs": 1, "state_keys": 1}
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("SELECT data, removed, ord FROM state_versions WHERE version = 2").fetchone() == (
+        b"{}",
+        None,
+        None,
+    )
+    conn.close()
     assert store.get_state("s", 2).data == {"a": "x" * 1000}
 
 
@@ -152,9 +183,41 @@ def test_conflict_names_both_versions_and_writes_nothing(store: SqliteStore) -> 
     with pytest.raises(VersionConflictError):
         store.put_state("new", {"a": 1}, expected_version=3)
     assert store.get_state("s").data == {"a": 2}
-    assert counts(store.path) == {"blobs": 2, "state_keys": 2}
+    assert layout(store.path)["rows"] == 2
     with pytest.raises(StateNotFoundError, match="latest is 2"):
         store.get_state("s", 3)
+
+
+def test_the_latest_version_held_in_memory_never_hides_another_writer(tmp_path: Path) -> None:
+    a, b = SqliteStore(tmp_path / "s.db"), SqliteStore(tmp_path / "s.db")
+    a.put_state("s", {"k": "from a", "big": "x" * 5000}, expected_version=0, run_id="run-a")
+    assert a.get_state("s").data["k"] == "from a"
+    assert b.put_state("s", {"k": "from b", "big": "x" * 5000}, expected_version=1, run_id="run-b") == 2
+    assert a.get_state("s").data["k"] == "from b"  # a held version 1; the file says 2
+    with pytest.raises(VersionConflictError):
+        a.put_state("s", {"k": "stale"}, expected_version=1)
+    # Version 2 deleted and written again by b, with other data: a sees the new row.
+    assert a.get_state("s", 2).data["k"] == "from b"
+    b.delete_run("run-b")
+    assert b.put_state("s", {"k": "b again"}, expected_version=1, run_id="run-c") == 2
+    assert a.get_state("s").data == {"k": "b again"}
+    assert a.get_state("s", 2).data == {"k": "b again"}
+    # a writes on top of a version it did not write (it reads it from the file to find the delta).
+    assert a.put_state("s", {"k": "b again", "more": 1}, expected_version=2) == 3
+    assert b.get_state("s", 3).data == {"k": "b again", "more": 1}
+    a.close()
+    b.close()
+
+
+def test_callers_never_share_objects_with_the_store(store: SqliteStore) -> None:
+    data = {"list": [1, {"x": "y"}], "text": "t"}
+    store.put_state("s", data, expected_version=0)
+    data["list"].append("changed after put")  # the caller's object, mutated after put
+    first = store.get_state("s").data
+    assert first == {"list": [1, {"x": "y"}], "text": "t"}
+    first["list"][1]["x"] = "changed after get"  # a returned object, mutated
+    assert store.get_state("s").data == {"list": [1, {"x": "y"}], "text": "t"}
+    assert store.get_state("s").data is not store.get_state("s").data
 
 
 # ---- round trips -----------------------------------------------------------------------------

@@ -1,27 +1,38 @@
 """The ``sqlite`` state store: states, run records and run events in one SQLite file.
 
-Layout (schema 2, see :data:`SCHEMA_VERSION`):
+Layout (schema 3, see :data:`SCHEMA_VERSION`):
 
-* ``blobs(hash, data)``: every distinct JSON value of a state key, once, addressed by the
-  SHA-256 of its JSON text (content-addressed: a value seen before costs nothing).
-* ``state_keys(state_id, key, version, hash, ord)``: one row per key *that changed* in a
-  version (``hash`` NULL means the key was removed in that version). A version reads back as,
-  for each key, its row with the greatest ``version`` not above the one asked for. So a version
-  in which one key of a 1 MB state changed adds one small row and that key's new value,
-  never the whole state. ``ord`` keeps the order of the keys exactly.
-* ``state_versions(state_id, version, created_at, run_id, reason)``: one row per version.
+* ``state_versions``: one row per version of a state, appended, keyed by
+  ``(state_id, version)``. A row is either a *snapshot* (``data`` is the whole state as one
+  JSON object) or a *delta* on the version before it (``data`` holds only the keys whose value
+  changed or that were added, ``removed`` the keys that were dropped, ``ord`` the key order
+  when it is not the one applying the delta gives). ``base`` is the snapshot the row builds
+  on (its own version for a snapshot), ``depth`` how many deltas lead from it, ``chain`` their
+  bytes. A version reads back as its base snapshot plus the deltas after it, in order.
+  A snapshot is written for the first version, when the delta would be more than half the
+  state, when the deltas since the last snapshot would add up to more than the state, or
+  after :data:`MAX_DEPTH` deltas; so a read decodes at most about twice the state's size in
+  at most ``MAX_DEPTH + 1`` rows, and a version in which one key of a large state changed
+  adds one small row.
 * ``runs(run_id, created_at, status, body)`` and ``events(run_id, seq, body)``.
 * ``amsha_schema(version)``: the layout's version; older files are migrated forward when
-  opened, a newer file is refused with :class:`~amsha.errors.SchemaVersionError`.
+  opened (see :mod:`amsha_sqlite._migrate`), a newer file is refused with
+  :class:`~amsha.errors.SchemaVersionError`.
+
+Each store instance keeps the latest version it wrote or read of each state (its values as
+encoded JSON, not the caller's objects). A write compares the new values with it byte for
+byte to find the changed keys (no hashing, no read of the previous version); a read of the
+latest version is served from it after one indexed ``SELECT`` confirms that it is still the
+latest row (same version and timestamp), so another process's writes are always seen.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction: the write lock is taken first, so two
 writers queue on SQLite's busy timeout (``timeout_s``) instead of failing half way, and the
 version check and the insert happen under the same lock (optimistic concurrency holds across
 processes). Reads run in short deferred transactions (one consistent snapshot, everything
-fetched before it ends, no read held open while the caller iterates). The journal is WAL, so
-readers never block the writer; ``synchronous`` is NORMAL by default (a committed write
-survives the process being killed; a power loss may undo the last commits, never corrupt the
-file) or FULL.
+fetched before it ends, no read held open while the caller iterates), or as one statement.
+The journal is WAL, so readers never block the writer; ``synchronous`` is NORMAL by default
+(a committed write survives the process being killed; a power loss may undo the last commits,
+never corrupt the file) or FULL.
 
 Each thread gets its own connection, and a process that inherited the store through ``fork``
 opens its own (the parent's connections are left untouched); pickling the store (for spawned
@@ -30,54 +41,57 @@ workers) carries only the path and options.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import os
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from amsha.errors import RunNotFoundError, SchemaVersionError, StateError, StateNotFoundError, VersionConflictError
 from amsha.plugins import BackendContext
 from amsha.secrets import redact_obj
 from amsha.state import RunRecord, StateSnapshot, check_json
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore", "build"]
+__all__ = ["MAX_DEPTH", "SCHEMA_VERSION", "SqliteStore", "build"]
 
-SCHEMA_VERSION = 2
-"""The layout this release writes. 1: a whole JSON document per state version."""
+SCHEMA_VERSION = 3
+"""The layout this release writes. 1: a whole JSON document per state version. 2: values
+content-addressed by SHA-256 and a row per changed key. 3: a snapshot or a delta row per
+version."""
+
+MAX_DEPTH = 100
+"""At most this many deltas follow a snapshot."""
+_DELTA_SHARE = 0.5
+"""A version is stored whole when its delta would be more than this share of the state..."""
+_CHAIN_SHARE = 1.0
+"""...or when the deltas since the last snapshot would add up to more than this share."""
 
 # Connections a forked child inherited: kept referenced and never closed in the child, because
 # closing them there could release or disturb locks that belong to the parent.
 _INHERITED: list[sqlite3.Connection] = []
 
-_SCHEMA_V2 = """
-CREATE TABLE IF NOT EXISTS blobs (
-    hash BLOB PRIMARY KEY,
-    data BLOB NOT NULL
-) WITHOUT ROWID;
+# The bulky column comes last in the row, so reading the others never touches its pages.
+_SCHEMA_V3 = """
 CREATE TABLE IF NOT EXISTS state_versions (
     state_id TEXT NOT NULL,
     version INTEGER NOT NULL,
     created_at REAL NOT NULL,
     run_id TEXT,
     reason TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (state_id, version)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS state_keys (
-    state_id TEXT NOT NULL,
-    key TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    hash BLOB,
-    ord INTEGER NOT NULL,
-    PRIMARY KEY (state_id, key, version)
-) WITHOUT ROWID;
+    base INTEGER NOT NULL,
+    depth INTEGER NOT NULL,
+    chain INTEGER NOT NULL,
+    removed BLOB,
+    ord BLOB,
+    data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS state_versions_by_id ON state_versions (state_id, version);
+CREATE INDEX IF NOT EXISTS state_versions_by_run ON state_versions (run_id) WHERE run_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
@@ -93,24 +107,18 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 """
 
-# The value of each key as of a version: its latest row at or below that version. The key
-# names are walked with one index seek each (a recursive "skip scan"), and each key's row with
-# one more seek, so a read costs O(keys * log rows) however long the state's history is.
-_MANIFEST_SQL = """
-WITH RECURSIVE names(name) AS (
-    SELECT min(key) FROM state_keys WHERE state_id = ?1
-    UNION ALL
-    SELECT (SELECT min(key) FROM state_keys WHERE state_id = ?1 AND key > name) FROM names WHERE name IS NOT NULL
+_LATEST_SQL = (
+    "SELECT version, created_at, run_id, reason, base, depth, chain FROM state_versions "
+    "WHERE state_id = ? ORDER BY version DESC LIMIT 1"
 )
-SELECT k.key, k.hash, k.ord FROM names JOIN state_keys AS k
-    ON k.state_id = ?1 AND k.key = names.name AND k.version = (
-        SELECT max(version) FROM state_keys WHERE state_id = ?1 AND key = names.name AND version <= ?2
-    )
-"""
-_DATA_SQL = "SELECT m.key, b.data FROM (" + _MANIFEST_SQL + ") AS m JOIN blobs AS b ON b.hash = m.hash ORDER BY m.ord"
-
-Manifest = dict[str, tuple[bytes, int]]
-"""key -> (hash of its JSON value, position) for the live keys of one version."""
+_VERSION_SQL = (
+    "SELECT version, created_at, run_id, reason, base, depth, chain FROM state_versions "
+    "WHERE state_id = ? AND version = ?"
+)
+_INSERT_SQL = (
+    "INSERT INTO state_versions (state_id, version, created_at, run_id, reason, base, depth, chain, removed, ord, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 try:  # a declared dependency; the standard library's json is the fallback
@@ -133,7 +141,9 @@ def _encode(value: Any, key: str = "value") -> bytes:
     orjson when it can encode the value exactly; otherwise (integers beyond 64 bits, lone
     surrogates in strings) the standard library's json, after :func:`check_json`, with one
     leading space: still JSON text, and the mark that tells :func:`_decode` to read it back
-    with the standard library too (orjson would read a big integer as a float).
+    with the standard library too (orjson would read a big integer as a float). The encoding
+    is deterministic, so two values with the same bytes are the same value (types, nesting
+    and key order included).
     """
     if orjson is not None:
         try:
@@ -157,8 +167,136 @@ def _decode(blob: bytes) -> Any:
     return json.loads(blob)
 
 
-def _digest(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
+_NO_FLOAT = frozenset({str, int, bool, type(None)})
+
+
+def _encode_all(state_id: str, data: Mapping[Any, Any]) -> dict[str, bytes]:
+    """Every value of a state, encoded (the hot path of :func:`_encode`, inlined)."""
+    values: dict[str, bytes] = {}
+    dumps = orjson.dumps if orjson is not None else None
+    for key, value in data.items():
+        if type(key) is not str and not isinstance(key, str):
+            raise StateError(f"state {state_id!r}: key {key!r} is not a string")
+        if dumps is not None:
+            try:
+                blob = dumps(value, option=_ORJSON_OPTS)
+            except (TypeError, ValueError):
+                blob = _encode(value, key)
+            else:
+                # orjson writes NaN and infinity as null: refuse them. Only a float or a
+                # container can hold one, so a string (often the bulk of a state) is not scanned.
+                if type(value) not in _NO_FLOAT and b"null" in blob:
+                    check_json(key, value)
+        else:  # pragma: no cover
+            blob = _encode(value, key)
+        values[key] = blob
+    return values
+
+
+def _decode_all(values: Mapping[str, bytes]) -> dict[str, Any]:
+    """The values of :func:`_encode_all`, decoded: new objects, owned by the caller."""
+    if orjson is None:  # pragma: no cover
+        return {key: json.loads(blob) for key, blob in values.items()}
+    loads = orjson.loads
+    return {key: loads(blob) if blob[:1] != b" " else json.loads(blob) for key, blob in values.items()}
+
+
+_NAMES: dict[str, bytes] = {}
+"""Key name -> its JSON string (state keys repeat from version to version)."""
+
+
+def _name(key: str) -> bytes:
+    name = _NAMES.get(key)
+    if name is None:
+        name = _encode(key)
+        if len(_NAMES) >= 4096:
+            _NAMES.clear()
+        _NAMES[key] = name
+    return name
+
+
+def _object(items: Iterable[tuple[str, bytes]]) -> bytes:
+    """A JSON object from keys and their already encoded values, marked (leading space) for
+    the standard library's decoder when any part needed it."""
+    parts = [b"{"]
+    slow = False
+    for key, blob in items:
+        name = _name(key)
+        if name[:1] == b" " or blob[:1] == b" ":
+            slow = True
+        parts += (name, b":", blob, b",")
+    if len(parts) > 1:
+        parts[-1] = b"}"
+    else:
+        parts.append(b"}")
+    if slow:
+        parts[0] = b" {"
+    return b"".join(parts)
+
+
+class _Tip(NamedTuple):
+    """A stored version as a write needs it: its chain position and its values, encoded."""
+
+    version: int
+    created_at: float
+    base: int
+    depth: int
+    chain: int
+    values: Mapping[str, bytes]  # key -> encoded JSON value, in the state's key order
+    size: int  # bytes of the encoded values and keys
+
+
+def _size(values: Mapping[str, bytes]) -> int:
+    return sum(len(k) + len(v) + 4 for k, v in values.items())
+
+
+class _Row(NamedTuple):
+    """What a version's row stores: a snapshot (base == its version) or a delta."""
+
+    base: int
+    depth: int
+    chain: int
+    removed: bytes | None
+    ord: bytes | None
+    data: bytes
+
+
+def _plan(version: int, prev: _Tip | None, values: Mapping[str, bytes], size: int) -> _Row:
+    """The row of ``version`` holding ``values``, given the version before it (``prev``,
+    None when it is the first one or unknown): a delta on ``prev``, or a snapshot when a delta
+    would not pay (see the module docs)."""
+    if prev is not None and prev.depth < MAX_DEPTH:
+        old = prev.values
+        changed = [(k, v) for k, v in values.items() if old.get(k) != v]
+        removed = [k for k in old if k not in values]
+        removed_blob = _encode(removed) if removed else None
+        # Applying the delta keeps the surviving keys in place and appends the new ones in
+        # their order: store the order only when the state's differs from that.
+        keys = list(values)
+        if removed or len(keys) != len(old):
+            natural = [k for k in old if k in values] + [k for k in keys if k not in old]
+        else:
+            natural = list(old)
+        ord_blob = _encode(keys) if keys != natural else None
+        cost = sum(len(k) + len(v) + 4 for k, v in changed) + len(removed_blob or b"") + len(ord_blob or b"")
+        if cost <= size * _DELTA_SHARE and prev.chain + cost <= size * _CHAIN_SHARE:
+            return _Row(prev.base, prev.depth + 1, prev.chain + cost, removed_blob, ord_blob, _object(changed))
+    return _Row(version, 0, 0, None, None, _object(values.items()))
+
+
+def _apply(state: dict[str, Any] | None, removed: bytes | None, ord_: bytes | None, data: bytes) -> dict[str, Any]:
+    """The state after one stored row (``state`` is the version before; ignored for a snapshot,
+    whose caller passes None). Mutates and returns ``state``."""
+    values = _decode(data)
+    if state is None:
+        return values
+    if removed is not None:
+        for key in _decode(removed):
+            del state[key]
+    state.update(values)
+    if ord_ is not None:
+        state = {key: state[key] for key in _decode(ord_)}
+    return state
 
 
 class SqliteStore:
@@ -204,10 +342,11 @@ class SqliteStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: dict[int, tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = {}
-        # state_id -> ((version, created_at) of the latest version, its manifest). A cached
-        # manifest is used only while the latest version is still that row: a version deleted
-        # and written again (by any process) has another timestamp.
-        self._manifests: dict[str, tuple[tuple[int, float], Manifest]] = {}
+        # state_id -> the latest version this instance wrote or read of it. Used only while the
+        # file's row for that version is the same row: a version deleted and written again (by
+        # any process) has another timestamp.
+        self._tips: dict[str, _Tip] = {}
+        self._tips_bytes = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": str(self.path), "timeout_s": self.timeout_s, "synchronous": self.synchronous}
@@ -258,7 +397,8 @@ class SqliteStore:
             return
         with self._lock:
             conns, self._conns = self._conns, {}
-            self._manifests.clear()
+            self._tips.clear()
+            self._tips_bytes = 0
         for _, conn in conns.values():
             try:
                 conn.close()
@@ -380,14 +520,16 @@ class SqliteStore:
         with self._write("create or migrate the schema") as wconn:
             found = self._file_version(wconn)  # another process may have done it meanwhile
             if found == 0:
-                for statement in _statements(_SCHEMA_V2):
+                for statement in _statements(_SCHEMA_V3):
                     wconn.execute(statement)
                 wconn.execute("CREATE TABLE amsha_schema (version INTEGER NOT NULL)")
                 wconn.execute("INSERT INTO amsha_schema (version) VALUES (?)", (SCHEMA_VERSION,))
                 return
+            from amsha_sqlite._migrate import MIGRATIONS
+
             while found < SCHEMA_VERSION:
                 try:
-                    MIGRATIONS[found](self, wconn)
+                    MIGRATIONS[found](wconn)
                 except Exception as exc:  # the transaction rolls back: the file stays as it was
                     raise StateError(
                         f"sqlite store: migrating {self.path} from schema {found} to {found + 1} failed "
@@ -396,147 +538,102 @@ class SqliteStore:
                 found += 1
                 wconn.execute("UPDATE amsha_schema SET version = ?", (found,))
 
-    def _migrate_1_to_2(self, conn: sqlite3.Connection) -> None:
-        """Schema 1 kept each state version as one JSON document (``states.data``) and runs
-        without a ``status`` column; rewrite versions as changed keys and add the column."""
-        for statement in _statements(_SCHEMA_V2):
-            conn.execute(statement)
-        cols = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
-        if "status" not in cols:
-            conn.execute("ALTER TABLE runs ADD COLUMN status TEXT NOT NULL DEFAULT 'PENDING'")
-            for run_id, body in conn.execute("SELECT run_id, body FROM runs").fetchall():
-                status = _decode(body).get("status", "PENDING")
-                conn.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
-        rows = conn.execute(
-            "SELECT state_id, version, created_at, run_id, reason, data FROM states ORDER BY state_id, version"
-        ).fetchall()
-        manifests: dict[str, Manifest] = {}
-        for state_id, version, created_at, run_id, reason, data in rows:
-            encoded = [(k, _encode(v)) for k, v in json.loads(data).items()]
-            manifests[state_id] = self._write_version(
-                conn, state_id, version, manifests.get(state_id, {}), encoded, created_at, run_id, reason or ""
-            )
-        conn.execute("DROP TABLE states")
-
     # ---- states -----------------------------------------------------------------------------
 
     def put_state(
         self, state_id: str, data: dict[str, Any], *, expected_version: int, run_id: str | None = None, reason: str = ""
     ) -> int:
         """Store ``data`` as version ``expected_version + 1`` of ``state_id``, writing only
-        the keys whose value changed since the latest version. Raises
-        :class:`~amsha.errors.VersionConflictError` (naming both versions) when the latest
-        stored version is not ``expected_version``."""
+        the keys whose value changed since the latest version (or a snapshot, see the module
+        docs). Raises :class:`~amsha.errors.VersionConflictError` (naming both versions) when
+        the latest stored version is not ``expected_version``."""
         if not isinstance(data, dict):
             raise StateError(f"state {state_id!r}: data must be a dict of JSON values, got {type(data).__name__}")
-        # Encoding and hashing happen before the write lock is taken.
-        encoded = []
-        for key, value in redact_obj(data).items():
-            if not isinstance(key, str):
-                raise StateError(f"state {state_id!r}: key {key!r} is not a string")
-            encoded.append((key, _encode(value, key)))
+        # Encoding happens before the write lock is taken.
+        values = _encode_all(state_id, redact_obj(data))
+        size = _size(values)
         with self._write(f"put_state({state_id!r})") as conn:
-            row = conn.execute(
-                "SELECT version, created_at FROM state_versions WHERE state_id = ? ORDER BY version DESC LIMIT 1",
-                (state_id,),
-            ).fetchone()
-            latest, latest_at = row if row else (0, 0.0)
+            row = conn.execute(_LATEST_SQL, (state_id,)).fetchone()
+            latest = row[0] if row else 0
             if latest != expected_version:
                 raise VersionConflictError(state_id, expected_version, latest)
-            cached = self._manifests.get(state_id)
-            if cached is not None and cached[0] == (latest, latest_at):
-                manifest = cached[1]
-            else:
-                manifest = self._manifest(conn, state_id, latest) if latest else {}
+            prev = self._tip(conn, state_id, row) if row else None
+            version = latest + 1
             created_at = time.time()
-            new_manifest = self._write_version(
-                conn, state_id, latest + 1, manifest, encoded, created_at, run_id, reason
-            )
+            planned = _plan(version, prev, values, size)
+            conn.execute(_INSERT_SQL, (state_id, version, created_at, run_id, reason or "", *planned))
+        self._remember(state_id, _Tip(version, created_at, planned.base, planned.depth, planned.chain, values, size))
+        return version
+
+    def _tip(self, conn: sqlite3.Connection, state_id: str, row: Sequence[Any]) -> _Tip:
+        """The stored version ``row`` (a :data:`_LATEST_SQL` row) with its values: from this
+        instance's cache when it holds that very row, else read from the file."""
+        version, created_at, _run_id, _reason, base, depth, chain = row
+        cached = self._tips.get(state_id)
+        if cached is not None and cached.version == version and cached.created_at == created_at:
+            return cached
+        state = self._rebuild(conn, state_id, version, base)
+        values = _encode_all(state_id, state)
+        return _Tip(version, created_at, base, depth, chain, values, _size(values))
+
+    def _remember(self, state_id: str, tip: _Tip) -> None:
         with self._lock:
-            self._manifests[state_id] = ((latest + 1, created_at), new_manifest)
-            while len(self._manifests) > 256:
-                self._manifests.pop(next(iter(self._manifests)))
-        return latest + 1
+            old = self._tips.pop(state_id, None)
+            self._tips_bytes += tip.size - (old.size if old else 0)
+            self._tips[state_id] = tip
+            # Bounded by count and bytes; the oldest entries go first.
+            while self._tips and (len(self._tips) > 256 or self._tips_bytes > 64_000_000):
+                evicted = self._tips.pop(next(iter(self._tips)))
+                self._tips_bytes -= evicted.size
 
     @staticmethod
-    def _manifest(conn: sqlite3.Connection, state_id: str, version: int) -> Manifest:
-        return {
-            key: (digest, ord_)
-            for key, digest, ord_ in conn.execute(_MANIFEST_SQL, (state_id, version))
-            if digest is not None
-        }
-
-    @staticmethod
-    def _write_version(
-        conn: sqlite3.Connection,
-        state_id: str,
-        version: int,
-        manifest: Manifest,
-        encoded: Sequence[tuple[str, bytes]],
-        created_at: float,
-        run_id: str | None,
-        reason: str,
-    ) -> Manifest:
-        """Insert version ``version`` given the manifest of the version before it: the changed
-        values, a row per changed key, a removal row per removed key. Returns its manifest."""
-        # Positions: keep the stored ones when the keys come in the same relative order with
-        # new keys at the end (the usual case); otherwise renumber so the order reads back exact.
-        top = max((o for _, o in manifest.values()), default=-1)
-        ords: list[int] = []
-        for key, _ in encoded:
-            old = manifest.get(key)
-            if old is None:
-                top += 1
-                ords.append(top)
-            else:
-                ords.append(old[1])
-        if any(a >= b for a, b in itertools.pairwise(ords)):
-            ords = list(range(len(encoded)))
-        new_manifest: Manifest = {}
-        blobs: list[tuple[bytes, bytes]] = []
-        rows: list[tuple[str, str, int, bytes | None, int]] = []
-        for (key, blob), ord_ in zip(encoded, ords, strict=True):
-            digest = _digest(blob)
-            new_manifest[key] = (digest, ord_)
-            if manifest.get(key) != (digest, ord_):
-                if manifest.get(key, (None,))[0] != digest:
-                    blobs.append((digest, blob))
-                rows.append((state_id, key, version, digest, ord_))
-        for key in manifest.keys() - new_manifest.keys():
-            rows.append((state_id, key, version, None, 0))
-        if blobs:
-            conn.executemany("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", blobs)
-        if rows:
-            conn.executemany("INSERT INTO state_keys (state_id, key, version, hash, ord) VALUES (?, ?, ?, ?, ?)", rows)
-        conn.execute(
-            "INSERT INTO state_versions (state_id, version, created_at, run_id, reason) VALUES (?, ?, ?, ?, ?)",
-            (state_id, version, created_at, run_id, reason or ""),
-        )
-        return new_manifest
+    def _rebuild(conn: sqlite3.Connection, state_id: str, version: int, base: int) -> dict[str, Any]:
+        """The data of ``version``: its base snapshot and the deltas after it."""
+        state: dict[str, Any] | None = None
+        for v, removed, ord_, data in conn.execute(
+            "SELECT version, removed, ord, data FROM state_versions WHERE state_id = ? AND version BETWEEN ? AND ? "
+            "ORDER BY version",
+            (state_id, base, version),
+        ):
+            state = _apply(None if v == base else state, removed, ord_, data)
+        if state is None:  # pragma: no cover - a base is never deleted without rewriting its chain
+            raise StateError(f"state {state_id!r}: version {version} builds on version {base}, which is missing")
+        return state
 
     def get_state(self, state_id: str, version: int | None = None) -> StateSnapshot:
         """The latest (or the given) version of ``state_id``, exactly as it was written."""
-        with self._read(f"get_state({state_id!r})") as conn:
+        op = f"get_state({state_id!r})"
+        conn = self._conn()
+        # One statement first: when it names the version this instance holds, that is the answer.
+        try:
             if version is None:
-                row = conn.execute(
-                    "SELECT version, created_at, run_id, reason FROM state_versions WHERE state_id = ? "
-                    "ORDER BY version DESC LIMIT 1",
-                    (state_id,),
-                ).fetchone()
+                row = conn.execute(_LATEST_SQL, (state_id,)).fetchone()
             else:
-                row = conn.execute(
-                    "SELECT version, created_at, run_id, reason FROM state_versions WHERE state_id = ? AND version = ?",
-                    (state_id, version),
-                ).fetchone()
+                row = conn.execute(_VERSION_SQL, (state_id, version)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(op, exc) from None
+        if row is not None:
+            cached = self._tips.get(state_id)
+            if cached is not None and cached.version == row[0] and cached.created_at == row[1]:
+                data = _decode_all(cached.values)
+                return StateSnapshot(state_id, row[0], data, row[1], row[2], row[3])
+        with self._read(op) as conn:
+            row = conn.execute(
+                *((_LATEST_SQL, (state_id,)) if version is None else (_VERSION_SQL, (state_id, version)))
+            )
+            row = row.fetchone()
             if row is None:
-                latest = conn.execute("SELECT max(version) FROM state_versions WHERE state_id = ?", (state_id,))
-                top = latest.fetchone()[0]
+                top = conn.execute("SELECT max(version) FROM state_versions WHERE state_id = ?", (state_id,))
+                top = top.fetchone()[0]
                 if top is None:
                     raise StateNotFoundError(f"no state {state_id!r} in {self.path}")
                 raise StateNotFoundError(f"state {state_id!r} has no version {version} (latest is {top})")
-            found, created_at, run_id, reason = row
-            rows = conn.execute(_DATA_SQL, (state_id, found)).fetchall()
-        data = {key: _decode(blob) for key, blob in rows}
+            found, created_at, run_id, reason, base, depth, chain = row
+            data = self._rebuild(conn, state_id, found, base)
+        if version is None:
+            # Keep it (encoded: the caller's copy stays the caller's) for the next write or read.
+            values = _encode_all(state_id, data)
+            self._remember(state_id, _Tip(found, created_at, base, depth, chain, values, _size(values)))
         return StateSnapshot(state_id, found, data, created_at, run_id, reason)
 
     def list_versions(self, state_id: str) -> list[StateSnapshot]:
@@ -614,8 +711,9 @@ class SqliteStore:
 
     def delete_run(self, run_id: str) -> None:
         """Delete a run's record, its events and the state versions it wrote, in one
-        transaction; values no version refers to any more are deleted too. Later versions of the
-        same states still read back exactly. The file does not shrink until :meth:`vacuum`."""
+        transaction. Later versions of the same states still read back exactly: those that
+        built on a deleted row are rewritten on the versions that remain. The file does not
+        shrink until :meth:`vacuum`."""
         with self._write(f"delete_run({run_id!r})") as conn:
             conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
@@ -626,40 +724,10 @@ class SqliteStore:
             for state_id, version in doomed:
                 by_state.setdefault(state_id, set()).add(version)
             for state_id, versions in by_state.items():
-                self._delete_versions(conn, state_id, versions)
-            if doomed:
-                conn.execute("DELETE FROM blobs WHERE hash NOT IN (SELECT hash FROM state_keys WHERE hash IS NOT NULL)")
+                _delete_versions(conn, state_id, versions)
         with self._lock:
-            self._manifests.clear()
-
-    def _delete_versions(self, conn: sqlite3.Connection, state_id: str, doomed: set[int]) -> None:
-        kept = [
-            v
-            for (v,) in conn.execute(
-                "SELECT version FROM state_versions WHERE state_id = ? ORDER BY version", (state_id,)
-            )
-            if v not in doomed
-        ]
-        # A kept version right after a deleted one may rely on rows written by it: remember
-        # what it reads as, delete, then write back what differs.
-        previous = {v: p for p, v in zip([0, *kept], kept, strict=False)}
-        rebase = [v for v in kept if any(previous[v] < d < v for d in doomed)]
-        before = {v: self._manifest(conn, state_id, v) for v in rebase}
-        conn.executemany(
-            "DELETE FROM state_versions WHERE state_id = ? AND version = ?", [(state_id, v) for v in doomed]
-        )
-        conn.executemany("DELETE FROM state_keys WHERE state_id = ? AND version = ?", [(state_id, v) for v in doomed])
-        for v in rebase:
-            now = self._manifest(conn, state_id, v)
-            rows: list[tuple[str, str, int, bytes | None, int]] = [
-                (state_id, key, v, digest, ord_)
-                for key, (digest, ord_) in before[v].items()
-                if now.get(key) != (digest, ord_)
-            ]
-            rows += [(state_id, key, v, None, 0) for key in now.keys() - before[v].keys()]
-            conn.executemany(
-                "INSERT OR REPLACE INTO state_keys (state_id, key, version, hash, ord) VALUES (?, ?, ?, ?, ?)", rows
-            )
+            self._tips.clear()
+            self._tips_bytes = 0
 
     def vacuum(self) -> int:
         """Give the space freed by deletions back to the file system (``VACUUM``, after a WAL
@@ -685,8 +753,54 @@ class SqliteStore:
         return total
 
 
-MIGRATIONS: dict[int, Callable[[SqliteStore, sqlite3.Connection], None]] = {1: SqliteStore._migrate_1_to_2}
-"""from-version -> the step to the next version (run in the write transaction that opens the file)."""
+def _delete_versions(conn: sqlite3.Connection, state_id: str, doomed: set[int]) -> None:
+    """Delete the ``doomed`` versions of ``state_id`` and rewrite every kept version whose
+    chain (its base snapshot up to it) held one of them, on the kept versions before it."""
+    first = min(doomed)
+    start = conn.execute(
+        "SELECT base FROM state_versions WHERE state_id = ? AND version = ?", (state_id, first)
+    ).fetchone()[0]
+    chains = conn.execute(
+        "SELECT version, created_at, base, depth, chain FROM state_versions WHERE state_id = ? AND version >= ? "
+        "ORDER BY version",
+        (state_id, start),
+    ).fetchall()
+    # A kept version is affected when a doomed version lies in its chain; those are suffixes
+    # of chains, and every later kept version reads as before.
+    affected = {v for v, _, base, _, _ in chains if v not in doomed and any(base <= d < v for d in doomed)}
+    rewritten: list[tuple[Any, ...]] = []
+    if affected:
+        last = max(affected)
+        state: dict[str, Any] | None = None
+        prev: _Tip | None = None  # the latest kept version walked, as rewritten
+        for (v, created_at, old_base, old_depth, old_chain), (removed, ord_, data) in zip(
+            (c for c in chains if c[0] <= last),
+            conn.execute(
+                "SELECT removed, ord, data FROM state_versions WHERE state_id = ? AND version BETWEEN ? AND ? "
+                "ORDER BY version",
+                (state_id, start, last),
+            ).fetchall(),
+            strict=True,
+        ):
+            state = _apply(None if v == old_base else state, removed, ord_, data)
+            if v in doomed:
+                continue
+            values = _encode_all(state_id, state)
+            size = _size(values)
+            if v in affected:
+                planned = _plan(v, prev, values, size)
+                rewritten.append((*planned, state_id, v))
+                prev = _Tip(v, created_at, planned.base, planned.depth, planned.chain, values, size)
+            else:
+                prev = _Tip(v, created_at, old_base, old_depth, old_chain, values, size)
+    conn.executemany(
+        "DELETE FROM state_versions WHERE state_id = ? AND version = ?", [(state_id, v) for v in sorted(doomed)]
+    )
+    conn.executemany(
+        "UPDATE state_versions SET base = ?, depth = ?, chain = ?, removed = ?, ord = ?, data = ? "
+        "WHERE state_id = ? AND version = ?",
+        rewritten,
+    )
 
 
 def _statements(script: str) -> list[str]:
