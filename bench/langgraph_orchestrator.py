@@ -13,6 +13,14 @@ call answering the same 12-word text, streamed token by token, with checkpoints 
   ``GenericFakeChatModel`` (which streams the same text word by word), compiled with
   LangGraph's ``InMemorySaver`` and consumed with ``graph.stream(..., stream_mode=["updates",
   "messages"])`` on a fresh thread id per run.
+
+Both graphs are compiled once, outside the timing (Amsha compiles a registry graph once per task
+list and reuses it). Work the peer does not do, by design: Amsha runs the graph on its event
+loop thread and hands the result back to the caller's thread, keeps a run record, emits an
+ordered event for every token, call and task, snapshots the state after each task, and stores
+checkpoints as JSON through the StateStore protocol (the ``memory`` store here: like for like
+with ``InMemorySaver``, which keeps msgpack blobs in a dict). The ``direct`` orchestrator on the
+same two tasks (the core's fixed per-run share) takes about 0.7 ms of the Amsha figure.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class Counter(TypedDict):
 WORKER = """
 import json, sys
 sys.path.insert(0, {here!r})
-from conftest import config
+from lg_config import config
 from amsha import ExecutionSession
 cfg = config({{"name": "langgraph", "options": {{"graph": "graphs:draft_review"}}}}, state={store})
 with ExecutionSession(cfg) as session:

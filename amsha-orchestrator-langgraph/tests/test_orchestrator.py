@@ -11,8 +11,8 @@ from amsha import ExecutionSession, RunStatus
 from amsha.errors import BadRequestError, ConfigError, InputError, RunCancelledError, RunFailedError
 from amsha.testing import OrchestratorContract
 from amsha_langgraph import use_graph
-from conftest import config
 from graphs import two_step
+from lg_config import config
 
 
 class TestLangGraphContract(OrchestratorContract):

@@ -6,7 +6,8 @@ import dataclasses
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 from uuid import UUID
 
@@ -22,7 +23,6 @@ from langgraph.types import Command, Interrupt, Send
 from pydantic import BaseModel
 
 from .chat_model import AmshaChatModel, _text
-from .checkpoint import AmshaCheckpointSaver
 
 if TYPE_CHECKING:
     from .orchestrator import LangGraphOrchestrator
@@ -167,47 +167,68 @@ async def _call_tool(run: RunContext, scope: TaskScope, tools: dict[str, Any], c
     return result
 
 
-def registry_graph(orch: LangGraphOrchestrator, run: RunContext) -> StateGraph:
-    """One node per task the run names, chained in that order; no conditions."""
+_RUN: ContextVar[RunContext] = ContextVar("amsha_langgraph_run")
+"""The run a registry graph's nodes execute for (compiled graphs are cached and shared)."""
+_TASK_LLM: ContextVar[LLM] = ContextVar("amsha_langgraph_task_llm")
+"""The LLM of the registry node running in this context (bound to its task scope)."""
+
+
+def _task_llm(metadata: Mapping[str, Any]) -> LLM:
+    return _TASK_LLM.get()
+
+
+def registry_graph(orch: LangGraphOrchestrator, task_names: Sequence[str]) -> StateGraph:
+    """One node per task, chained in the order given; no conditions. The nodes hold no run:
+    they find it (and their task scope) in context variables, so the compiled graph is built
+    once per task list and reused by every run."""
     graph = StateGraph(RegistryState)
-    max_rounds = orch.options.max_tool_rounds
+    # One chat model for every node and run: each call resolves the LLM of its task scope.
+    base_model = AmshaChatModel(resolver=_task_llm)
 
     def make(name: str) -> Any:
         async def node(state: RegistryState) -> dict[str, Any]:
+            run = _RUN.get()
+            max_rounds = orch.options.max_tool_rounds
             task = run.registry.task(name)
             agent = run.registry.agent(task.agent)
             async with run.task(name) as scope:
-                done = state.get("outputs") or {}
-                context = run.context_for(name)
-                context.update({ref: done[ref] for ref in task.context if ref in done})
-                messages = _lc_messages(
-                    task_messages(agent, task, {r: context[r] for r in task.context if r in context})
-                )
-                tools = {n: run.tools[n] for n in dict.fromkeys([*agent.tools, *task.tools])}
-                model: Any = AmshaChatModel(llm=scope.llm())
-                if tools:
-                    model = model.bind_tools([tool_spec(n, fn) for n, fn in tools.items()])
-                params = {"response_format": {"name": name, "schema": task.output_schema}} if task.output_schema else {}
-                for _round in range(max_rounds + 1):
-                    answer: AIMessage = await model.ainvoke(messages, **params)
-                    if not answer.tool_calls:
-                        break
-                    messages.append(answer)
-                    for call in answer.tool_calls:
-                        run.check_cancelled()
-                        result = await _call_tool(run, scope, tools, dict(call))
-                        messages.append(ToolMessage(result, tool_call_id=call.get("id") or ""))
-                else:
-                    raise ExecutionError(f"task {name!r}: the model still called tools after {max_rounds} rounds")
-                text = _text(answer.content)
-                scope.output = json.loads(_unfence(text)) if task.output_schema else text
+                token = _TASK_LLM.set(scope.llm())
+                try:
+                    done = state.get("outputs") or {}
+                    context = run.context_for(name)
+                    context.update({ref: done[ref] for ref in task.context if ref in done})
+                    messages = _lc_messages(
+                        task_messages(agent, task, {r: context[r] for r in task.context if r in context})
+                    )
+                    tools = {n: run.tools[n] for n in dict.fromkeys([*agent.tools, *task.tools])}
+                    model: Any = base_model
+                    if tools:
+                        model = model.bind_tools([tool_spec(n, fn) for n, fn in tools.items()])
+                    params = (
+                        {"response_format": {"name": name, "schema": task.output_schema}} if task.output_schema else {}
+                    )
+                    for _round in range(max_rounds + 1):
+                        answer: AIMessage = await model.ainvoke(messages, **params)
+                        if not answer.tool_calls:
+                            break
+                        messages.append(answer)
+                        for call in answer.tool_calls:
+                            run.check_cancelled()
+                            result = await _call_tool(run, scope, tools, dict(call))
+                            messages.append(ToolMessage(result, tool_call_id=call.get("id") or ""))
+                    else:
+                        raise ExecutionError(f"task {name!r}: the model still called tools after {max_rounds} rounds")
+                    text = _text(answer.content)
+                    scope.output = json.loads(_unfence(text)) if task.output_schema else text
+                finally:
+                    _TASK_LLM.reset(token)
             return {"outputs": {name: scope.output}}
 
         node.__name__ = name
         return node
 
     previous = START
-    for name in run.task_names:
+    for name in task_names:
         graph.add_node(name, make(name))
         graph.add_edge(previous, name)
         previous = name
@@ -220,11 +241,7 @@ async def execute(orch: LangGraphOrchestrator, run: RunContext) -> None:
     opts = orch.options
     builder = orch.builder()
     events = _NodeEvents(run) if builder is not None else None
-    saver = (
-        AmshaCheckpointSaver(run.store, allowed_types=opts.checkpoint_types)
-        if opts.checkpoint and run.store is not None
-        else None
-    )
+    saver = orch.saver(run.store) if opts.checkpoint and run.store is not None else None
     if builder is not None:
         assert events is not None
         handler = events
@@ -238,12 +255,12 @@ async def execute(orch: LangGraphOrchestrator, run: RunContext) -> None:
             return AmshaChatModel(llm=run.llm_for(agent), resolver=resolve)
 
         graph: Any = builder(run.registry, llm)
+        if isinstance(graph, StateGraph):
+            graph = graph.compile(checkpointer=saver)
+        elif saver is not None and getattr(graph, "checkpointer", None) is None:
+            graph = graph.copy(update={"checkpointer": saver})
     else:
-        graph = registry_graph(orch, run)
-    if isinstance(graph, StateGraph):
-        graph = graph.compile(checkpointer=saver)
-    elif saver is not None and getattr(graph, "checkpointer", None) is None:
-        graph = graph.copy(update={"checkpointer": saver})
+        graph = orch.compiled(tuple(run.task_names), saver, lambda: registry_graph(orch, run.task_names))
 
     thread_id = str(run.inputs.get(opts.thread_input) or run.state.state_id)
     config: dict[str, Any] = {"configurable": {"thread_id": thread_id}, "recursion_limit": opts.recursion_limit}
@@ -261,9 +278,13 @@ async def execute(orch: LangGraphOrchestrator, run: RunContext) -> None:
     # tokens out of the handle one by one; BACKGROUND runs need only the node updates.
     modes = ["updates", "messages"] if run.mode == "interactive" else ["updates"]
     interrupts: list[Any] = []
-    async for mode, chunk in graph.astream(graph_input, config, stream_mode=modes):
-        if mode == "updates" and isinstance(chunk, dict) and INTERRUPT_KEY in chunk:
-            interrupts.extend(chunk[INTERRUPT_KEY])
+    token = _RUN.set(run)
+    try:
+        async for mode, chunk in graph.astream(graph_input, config, stream_mode=modes):
+            if mode == "updates" and isinstance(chunk, dict) and INTERRUPT_KEY in chunk:
+                interrupts.extend(chunk[INTERRUPT_KEY])
+    finally:
+        _RUN.reset(token)
     if interrupts:
         pending = [jsonable(i) for i in interrupts]
         run.state[INTERRUPT_KEY] = pending

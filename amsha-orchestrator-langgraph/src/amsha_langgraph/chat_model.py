@@ -209,6 +209,8 @@ class AmshaChatModel(BaseChatModel):
         return params
 
     def _base_llm(self) -> LLM:
+        if self.llm is None and self.resolver is not None:
+            return self._llm(None)  # resolver-only: the LLM of the call in progress
         if self.llm is None:
             from amsha import ExecutionSession
 
@@ -219,7 +221,9 @@ class AmshaChatModel(BaseChatModel):
 
     def _llm(self, run_manager: Any) -> LLM:
         if self.resolver is not None:
-            metadata = getattr(run_manager, "metadata", None) or ensure_config().get("metadata") or {}
+            metadata = getattr(run_manager, "metadata", None)
+            if metadata is None:
+                metadata = ensure_config().get("metadata") or {}
             llm: LLM = self.resolver(metadata)
             return llm
         return self._base_llm()

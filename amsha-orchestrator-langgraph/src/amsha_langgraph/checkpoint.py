@@ -8,10 +8,12 @@ Layout (every id is percent-encoded, so it contains no ``/`` and never starts wi
 
 - the checkpoints of one thread and namespace are the versions of the state
   ``lgcp.<thread>.<ns>``, oldest first; each version's ``reason`` is
-  ``checkpoint <id>`` so a checkpoint is found without reading the others;
+  ``checkpoint <id>`` so a checkpoint is found without reading the others; a version
+  holds ``schema``, ``checkpoint_id``, ``parent_id`` and the checkpoint and its metadata
+  as JSON text (one string each, so a store copies and scans one value, not a tree);
 - the pending writes of one checkpoint are the latest version of
   ``lgw.<thread>.<ns>.<checkpoint id>`` (each ``put_writes`` adds a version holding all
-  writes so far, with optimistic concurrency);
+  writes so far, each value as JSON text, with optimistic concurrency);
 - every version is written with ``run_id = "lgthread.<thread>"``, so ``delete_thread``
   is the store's ``delete_run`` of that id.
 
@@ -19,6 +21,10 @@ Values are stored as JSON, never pickle or msgpack (:class:`JsonCheckpointSerial
 LangChain messages through langchain-core's ``message_to_dict`` form, LangGraph's ``Send``, ``Interrupt`` and ``Command``, tuples,
 sets, bytes, datetimes and UUIDs by tag. Other classes (a pydantic state, a dataclass) are
 revived only when listed in ``allowed_types``; anything else fails loudly, naming the type.
+
+Channel versions carry a random suffix (as ``InMemorySaver``'s do), so a version names one
+value even across forks; the saver keeps the JSON text of the channel values it last wrote
+per thread and re-serialises only the channels whose version changed.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import functools
 import importlib
 import json
 import math
+import random
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -53,7 +62,11 @@ from pydantic import BaseModel
 
 __all__ = ["AmshaCheckpointSaver", "JsonCheckpointSerializer"]
 
-CHECKPOINT_SCHEMA = 1
+CHECKPOINT_SCHEMA = 2
+"""Checkpoint layout written (1: the checkpoint as a JSON tree, still read)."""
+_READABLE = (1, 2)
+_CACHED_THREADS = 256
+"""Threads whose last channel texts and writes a saver keeps in memory."""
 _TAG = "__lg__"
 
 
@@ -69,11 +82,22 @@ class JsonCheckpointSerializer:
 
     def __init__(self, allowed_types: Iterable[type | str] = ()) -> None:
         self.allowed = {t if isinstance(t, str) else _qualname(t) for t in allowed_types}
+        self._dump = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+        self._dump_plain = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=self.encode).encode
+
+    def text(self, obj: Any) -> str:
+        """``obj`` as JSON text (:meth:`encode`, then dumped)."""
+        return self._dump(self.encode(obj))
+
+    def plain_text(self, obj: Any) -> str:
+        """JSON text of mostly-plain data (LangGraph's bookkeeping: ids, versions, metadata):
+        dumped directly, tagging only values JSON has no type for; tuples become lists."""
+        return self._dump_plain(obj)
 
     # ---- SerializerProtocol -------------------------------------------------------------
 
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
-        return "json", json.dumps(self.encode(obj), ensure_ascii=False, allow_nan=False).encode()
+        return "json", self.text(obj).encode()
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
         kind, blob = data
@@ -85,7 +109,17 @@ class JsonCheckpointSerializer:
 
     def encode(self, obj: Any) -> Any:
         """``obj`` as plain JSON (tagged where JSON has no type for it)."""
-        if obj is None or isinstance(obj, bool | int | str):
+        kind = type(obj)
+        if kind is str or kind is int or kind is bool or obj is None:
+            return obj
+        if kind is dict:
+            if _TAG not in obj and all(type(k) is str for k in obj):
+                encode = self.encode
+                return {k: encode(v) for k, v in obj.items()}
+        elif kind is list:
+            encode = self.encode
+            return [encode(v) for v in obj]
+        if isinstance(obj, bool | int | str):
             return obj
         if isinstance(obj, float):
             if not math.isfinite(obj):
@@ -192,6 +226,7 @@ class JsonCheckpointSerializer:
         return target
 
 
+@functools.lru_cache(maxsize=1024)
 def _enc(part: str) -> str:
     return quote(part, safe="").replace(".", "%2E") or "~"
 
@@ -206,8 +241,19 @@ class AmshaCheckpointSaver(BaseCheckpointSaver[str]):
         super().__init__(serde=JsonCheckpointSerializer(allowed_types))
         self.store = store
         self.json = JsonCheckpointSerializer(allowed_types)
-        self._heads: dict[str, int] = {}
+        self._heads: OrderedDict[str, int] = OrderedDict()
         """The last version this saver wrote or saw per state id: saves a listing per put."""
+        self._channels: OrderedDict[str, dict[str, tuple[Any, str]]] = OrderedDict()
+        """Per checkpoints id: channel -> (version, JSON text) last written."""
+        self._writes: OrderedDict[str, tuple[int, list[list[Any]]]] = OrderedDict()
+        """Per writes id: (store version, rows) last written by this saver."""
+
+    @staticmethod
+    def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > _CACHED_THREADS:
+            cache.popitem(last=False)
 
     # ---- ids ------------------------------------------------------------------------------
 
@@ -242,9 +288,10 @@ class AmshaCheckpointSaver(BaseCheckpointSaver[str]):
                 versions = self.store.list_versions(state_id)
                 expected = versions[-1].version if versions else 0
             try:
-                self._heads[state_id] = self.store.put_state(
+                version = self.store.put_state(
                     state_id, data, expected_version=expected, run_id=self.thread_marker(thread_id), reason=reason
                 )
+                self._remember(self._heads, state_id, version)
                 return
             except VersionConflictError as exc:
                 expected = exc.actual
@@ -263,27 +310,31 @@ class AmshaCheckpointSaver(BaseCheckpointSaver[str]):
                 return self.store.get_state(state_id, snap.version)
         return None
 
+    def _value(self, stored: Any, schema: Any) -> Any:
+        return self.json.decode(json.loads(stored) if schema == 2 else stored)
+
     def _tuple(self, thread_id: str, ns: str, data: dict[str, Any]) -> CheckpointTuple:
-        if data.get("schema") != CHECKPOINT_SCHEMA:
+        schema = data.get("schema")
+        if schema not in _READABLE:
             raise StateError(
-                f"LangGraph checkpoint schema {data.get('schema')!r} is not readable "
-                f"(this release reads {CHECKPOINT_SCHEMA})"
+                f"LangGraph checkpoint schema {schema!r} is not readable "
+                f"(this release reads {', '.join(map(str, _READABLE))})"
             )
         checkpoint_id = data["checkpoint_id"]
         writes_snap = self._latest(self._writes_id(thread_id, ns, checkpoint_id))
-        rows = writes_snap.data.get("writes", []) if writes_snap is not None else []
-        rows = sorted(rows, key=lambda r: writes_sort_key(r[4], r[0], r[1]))
+        writes = writes_snap.data if writes_snap is not None else {}
+        rows = sorted(writes.get("writes", []), key=lambda r: writes_sort_key(r[4], r[0], r[1]))
         parent = data.get("parent_id")
         return CheckpointTuple(
             config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}},
-            checkpoint=self.json.decode(data["checkpoint"]),
-            metadata=self.json.decode(data["metadata"]),
+            checkpoint=self._value(data["checkpoint"], schema),
+            metadata=self._value(data["metadata"], schema),
             parent_config=(
                 {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent}}
                 if parent
                 else None
             ),
-            pending_writes=[(r[0], r[2], self.json.decode(r[3])) for r in rows],
+            pending_writes=[(r[0], r[2], self._value(r[3], writes.get("schema", 1))) for r in rows],
         )
 
     # ---- BaseCheckpointSaver ------------------------------------------------------------------
@@ -335,15 +386,46 @@ class AmshaCheckpointSaver(BaseCheckpointSaver[str]):
     ) -> RunnableConfig:
         thread_id, ns = self._ids(config)
         parent = (config.get("configurable") or {}).get("checkpoint_id")
+        state_id = self.checkpoints_id(thread_id, ns)
         data = {
             "schema": CHECKPOINT_SCHEMA,
             "checkpoint_id": checkpoint["id"],
             "parent_id": parent,
-            "checkpoint": self.json.encode(dict(checkpoint)),
-            "metadata": self.json.encode(dict(metadata)),
+            "checkpoint": self._checkpoint_text(state_id, checkpoint),
+            "metadata": self.json.plain_text(dict(metadata)),
         }
-        self._append(self.checkpoints_id(thread_id, ns), data, thread_id, f"checkpoint {checkpoint['id']}")
+        self._append(state_id, data, thread_id, f"checkpoint {checkpoint['id']}")
+        # A checkpoint just written has no pending writes yet: the first put_writes need not
+        # read (a writer in another process shows up as a version conflict).
+        self._remember(self._writes, self._writes_id(thread_id, ns, checkpoint["id"]), (0, []))
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
+
+    def _text(self, value: Any) -> str:
+        return self.json.text(value)
+
+    def _checkpoint_text(self, state_id: str, checkpoint: Checkpoint) -> str:
+        """The checkpoint as JSON text; a channel whose version this saver wrote last time
+        reuses that text instead of being encoded again."""
+        values: dict[str, Any] = dict(checkpoint.get("channel_values") or {})
+        if _TAG in values:
+            return self._text(dict(checkpoint))
+        # The rest is LangGraph's own bookkeeping (ids, versions, the channels seen): plain
+        # JSON, with the tagged form only for what JSON has no type for (pending sends).
+        rest = self.json.plain_text({k: v for k, v in checkpoint.items() if k != "channel_values"})
+        versions = checkpoint.get("channel_versions") or {}
+        known = self._channels.get(state_id) or {}
+        fresh: dict[str, tuple[Any, str]] = {}
+        parts = []
+        for channel, value in values.items():
+            version = versions.get(channel)
+            hit = known.get(channel)
+            text = hit[1] if hit is not None and version is not None and hit[0] == version else self._text(value)
+            if version is not None:
+                fresh[channel] = (version, text)
+            parts.append(f"{json.dumps(channel, ensure_ascii=False)}:{text}")
+        self._remember(self._channels, state_id, fresh)
+        head = '{"channel_values":{' + ",".join(parts) + "}"
+        return head + ("," + rest[1:] if rest != "{}" else "}")
 
     def put_writes(
         self,
@@ -355,14 +437,19 @@ class AmshaCheckpointSaver(BaseCheckpointSaver[str]):
         thread_id, ns = self._ids(config)
         checkpoint_id = (config.get("configurable") or {})["checkpoint_id"]
         state_id = self._writes_id(thread_id, ns, checkpoint_id)
+        cached = self._writes.get(state_id)
         for _ in range(20):
-            snap = self._latest(state_id)
-            rows: list[list[Any]] = list(snap.data.get("writes", [])) if snap is not None else []
+            if cached is not None:
+                version, rows = cached[0], list(cached[1])
+            else:
+                snap = self._latest(state_id)
+                version = snap.version if snap is not None else 0
+                rows = [] if snap is None else self._upgrade_rows(snap.data)
             index = {(r[0], r[1]): i for i, r in enumerate(rows)}
             changed = False
             for idx, (channel, value) in enumerate(writes):
                 key = (task_id, WRITES_IDX_MAP.get(channel, idx))
-                row = [task_id, key[1], channel, self.json.encode(value), task_path]
+                row = [task_id, key[1], channel, self._text(value), task_path]
                 if key in index:
                     if key[1] >= 0:
                         continue  # a regular write is recorded once
@@ -374,31 +461,43 @@ class AmshaCheckpointSaver(BaseCheckpointSaver[str]):
             if not changed:
                 return
             try:
-                self.store.put_state(
+                written = self.store.put_state(
                     state_id,
-                    {"writes": rows},
-                    expected_version=snap.version if snap is not None else 0,
+                    {"schema": CHECKPOINT_SCHEMA, "writes": rows},
+                    expected_version=version,
                     run_id=self.thread_marker(thread_id),
                     reason="writes",
                 )
+                self._remember(self._writes, state_id, (written, rows))
                 return
             except VersionConflictError:
+                cached = None  # another writer: read what it wrote
                 continue
         raise StateError(f"{state_id!r}: could not record writes after 20 conflicting writers")
+
+    def _upgrade_rows(self, data: dict[str, Any]) -> list[list[Any]]:
+        rows = [list(r) for r in data.get("writes", [])]
+        if data.get("schema", 1) == 1:  # values as JSON trees: as text, like new rows
+            for r in rows:
+                r[3] = json.dumps(r[3], ensure_ascii=False, allow_nan=False)
+        return rows
 
     def delete_thread(self, thread_id: str) -> None:
         self.store.delete_run(self.thread_marker(str(thread_id)))
         self._heads.clear()
+        self._channels.clear()
+        self._writes.clear()
 
     def get_next_version(self, current: str | None, channel: None = None) -> str:
-        # Zero-padded so versions compare as strings, as InMemorySaver's do.
+        # Zero-padded so versions compare as strings, with a random part so that a version
+        # names one value even when a thread forks (both as InMemorySaver's do).
         if current is None:
             number = 0
         elif isinstance(current, int):
             number = current
         else:
             number = int(str(current).split(".")[0])
-        return f"{number + 1:032}"
+        return f"{number + 1:032}.{random.random():016}"
 
     # ---- async twins: the store's methods are short, one transaction each ----------------------
 

@@ -11,15 +11,19 @@ the first run executes, not when the backend is built.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
-from amsha import BackendContext, BaseOrchestrator, Registry, RunContext
+from amsha import BackendContext, BaseOrchestrator, Registry, RunContext, StateStore
 from amsha.errors import ConfigError, InputError
 
 from .options import LangGraphOptions
 
 __all__ = ["GraphBuilder", "LangGraphOrchestrator", "build", "use_graph"]
+
+_MAX_GRAPHS = 64
+"""Compiled registry graphs kept per orchestrator (one per distinct task list)."""
 
 GraphBuilder = Callable[[Registry, Callable[..., Any]], Any]
 """``builder(registry, llm) -> StateGraph | compiled graph``; ``llm(agent=None)`` returns an
@@ -35,6 +39,9 @@ class LangGraphOrchestrator(BaseOrchestrator):
     def __init__(self, options: LangGraphOptions | None = None, *, graph: GraphBuilder | None = None) -> None:
         self.options = options or LangGraphOptions()
         self._builder: GraphBuilder | None = graph
+        self._lock = threading.Lock()
+        self._graphs: dict[tuple[Any, ...], Any] = {}
+        self._saver: tuple[Any, Any] | None = None
 
     def use_graph(self, builder: GraphBuilder | None) -> None:
         """Run ``builder``'s graph from now on (None: back to the registry graph or the
@@ -59,6 +66,29 @@ class LangGraphOrchestrator(BaseOrchestrator):
                 raise ConfigError([(key, f"{spec!r} is not callable")])
             self._builder = found
         return self._builder
+
+    def saver(self, store: StateStore) -> Any:
+        """The checkpointer over ``store``, made once and shared by the runs of the session."""
+        with self._lock:
+            if self._saver is None or self._saver[0] is not store:
+                from .checkpoint import AmshaCheckpointSaver
+
+                self._saver = (store, AmshaCheckpointSaver(store, allowed_types=self.options.checkpoint_types))
+            return self._saver[1]
+
+    def compiled(self, tasks: tuple[str, ...], saver: Any, make: Callable[[], Any]) -> Any:
+        """The compiled registry graph for ``tasks`` (compiling costs more than a short run,
+        so each task list is compiled once; the nodes read their run from context)."""
+        key = (tasks, saver)
+        with self._lock:
+            graph = self._graphs.get(key)
+        if graph is None:
+            graph = make().compile(checkpointer=saver)
+            with self._lock:
+                if len(self._graphs) >= _MAX_GRAPHS:
+                    self._graphs.pop(next(iter(self._graphs)))
+                graph = self._graphs.setdefault(key, graph)
+        return graph
 
     async def aexecute(self, run: RunContext) -> None:
         from ._graph import execute
