@@ -91,7 +91,7 @@ class AmshaCrewLLM(BaseLLM):
     llm_type: str = "amsha"
     _amsha: LLM | None = PrivateAttr(default=None)
     _resolver: Resolver | None = PrivateAttr(default=None)
-    _on_call: Callable[[], None] | None = PrivateAttr(default=None)
+    _on_call: Callable[[bool], None] | None = PrivateAttr(default=None)
 
     @classmethod
     def wrap(
@@ -99,11 +99,12 @@ class AmshaCrewLLM(BaseLLM):
         llm: LLM | None = None,
         *,
         resolver: Resolver | None = None,
-        on_call: Callable[[], None] | None = None,
+        on_call: Callable[[bool], None] | None = None,
         model: str | None = None,
     ) -> AmshaCrewLLM:
         """An adapter for ``llm`` (or for the LLM ``resolver(task, agent)`` returns per call);
-        ``on_call`` runs before and after every call (the orchestrator orders CrewAI's events there)."""
+        ``on_call(after)`` runs before (``after=False``) and after (``after=True``) every call:
+        the orchestrator orders CrewAI's events and checks for cancel there."""
         if llm is None and resolver is None:
             raise ValueError("AmshaCrewLLM.wrap needs an LLM or a resolver")
         name = model or (llm.model if llm is not None else None) or (llm.provider_name if llm is not None else "amsha")
@@ -186,9 +187,9 @@ class AmshaCrewLLM(BaseLLM):
                 ) from None
         return text
 
-    def _hook(self) -> None:
+    def _hook(self, after: bool = False) -> None:
         if self._on_call is not None:
-            self._on_call()
+            self._on_call(after)
 
     def call(
         self,
@@ -208,7 +209,7 @@ class AmshaCrewLLM(BaseLLM):
             pass
         response = stream.response
         assert response is not None
-        self._hook()
+        self._hook(after=True)
         return self._result(response, available_functions, response_model)
 
     async def acall(
@@ -229,7 +230,7 @@ class AmshaCrewLLM(BaseLLM):
             pass
         response = stream.response
         assert response is not None
-        self._hook()
+        self._hook(after=True)
         return self._result(response, available_functions, response_model)
 
     # CrewAI wraps a subclass's call/acall in its own rate-limit retry unless marked as

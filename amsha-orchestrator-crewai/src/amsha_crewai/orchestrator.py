@@ -239,9 +239,12 @@ class RunBridge:
             return self.run.llm_for(agent, task=name, parent_id=parent)
         return self.run.llm_for(agent, parent_id=self.crew_span)
 
-    def on_call(self) -> None:
+    def on_call(self, after: bool) -> None:
+        """Before a call: CrewAI's events so far go out first, in order. After it: only the
+        cancel check (the next call, the task's end or the crew's end drains again)."""
         self.run.check_cancelled()
-        self.drain()
+        if not after:
+            self.drain()
 
 
 def _output_value(output: Any) -> Any:
