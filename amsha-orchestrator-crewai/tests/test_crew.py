@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from amsha import ExecutionSession, ExecutionState, RunStatus
 from amsha.errors import AuthenticationError, RateLimitError, RunCancelledError, RunFailedError
-from conftest import POST, RESEARCH, crew_config
+from crew_support import POST, RESEARCH, crew_config
 
 
 def _kinds(events: list[Any]) -> list[tuple[str, str | None]]:
@@ -91,7 +91,7 @@ def test_tokens_stream_in_order_while_the_crew_runs(config: dict[str, Any]) -> N
 
 
 def test_a_tool_call_round_trip_through_crewai(config: dict[str, Any]) -> None:
-    config["tools"] = {"lookup": "conftest:lookup"}
+    config["tools"] = {"lookup": "crew_support:lookup"}
     config["agents"]["researcher"]["tools"] = ["lookup"]
     config["provider"]["options"]["responses"][:1] = [
         {
