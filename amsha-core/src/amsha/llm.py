@@ -51,7 +51,7 @@ from .provider import (
     response_as_chunk,
 )
 
-__all__ = ["LLM", "AsyncLLMStream", "CallContext", "LLMStream", "estimate_tokens", "retry_delay"]
+__all__ = ["LLM", "AsyncLLMStream", "CallContext", "LLMStream", "estimate_tokens", "retry_delay", "strip_fences"]
 
 T = TypeVar("T")
 _ids = itertools.count(1)
@@ -657,7 +657,7 @@ class LLM:
     def _parse(self, response: LLMResponse, request: LLMRequest, response_model: type[Any] | None) -> LLMResponse:
         if request.response_format is None:
             return response
-        text = _strip_fences(response.text)
+        text = strip_fences(response.text)
         try:
             if response_model is not None:
                 response.parsed = response_model.model_validate_json(text)
@@ -671,7 +671,9 @@ class LLM:
         return response
 
 
-def _strip_fences(text: str) -> str:
+def strip_fences(text: str) -> str:
+    """``text`` without a Markdown code fence around it (```` ```json ... ``` ````), as models
+    often wrap the JSON they were asked for."""
     stripped = text.strip()
     if stripped.startswith("```") and stripped.endswith("```"):
         stripped = stripped.strip("`")

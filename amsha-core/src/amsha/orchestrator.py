@@ -17,11 +17,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import AmshaError, RunCancelledError
+from .errors import AmshaError, ExecutionError, RunCancelledError
 from .events import RunEventLog
 from .llm import LLM, CallContext
 from .registry import Registry
 from .state import ExecutionState, StateStore
+from .tools import invoke_tool
 
 __all__ = ["BaseOrchestrator", "IOrchestrator", "RunContext", "TaskScope"]
 
@@ -154,6 +155,28 @@ class RunContext:
             agent=agent,
             data=data,
         )
+
+    async def call_tool(
+        self, scope: TaskScope, tools: dict[str, Callable[..., Any]], name: str, call_id: str, arguments: str
+    ) -> str:
+        """Execute a tool call the model made in ``scope``: ``tool.*`` events under the task,
+        and the result (or an ``error: ...`` text the model can correct itself from) to send
+        back. An unknown tool name or a failing tool never fails the run."""
+        span = f"tool-{uuid.uuid4().hex[:12]}"
+        common = {"span_id": span, "parent_id": scope.span_id, "task": scope.name, "agent": scope.agent}
+        self.emit("tool.started", data={"tool": name, "call_id": call_id, "arguments": arguments}, **common)
+        fn = tools.get(name)
+        if fn is None:
+            result = f"error: there is no tool named {name!r}; available: {', '.join(tools) or 'none'}"
+            self.emit("tool.failed", data={"tool": name, "error": result}, **common)
+            return result
+        try:
+            result = await invoke_tool(name, fn, arguments)
+        except ExecutionError as exc:
+            self.emit("tool.failed", data={"tool": name, "error": str(exc)}, **common)
+            return f"error: {exc}"
+        self.emit("tool.finished", data={"tool": name, "result": result}, **common)
+        return result
 
     def finish_task(self, name: str, output: Any, *, span_id: str | None = None, agent: str | None = None) -> None:
         """Record a task's output: into the state under the task's name, snapshot, event."""

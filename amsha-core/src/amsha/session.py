@@ -12,6 +12,7 @@ with an event loop (see ``amsha._loop``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import importlib
 import itertools
@@ -23,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from . import _loop
 from .config import AmshaConfig, LLMConfig, ProviderConfig, load_config
@@ -203,8 +204,10 @@ class ExecutionSession:
         else:
             st = ExecutionState(state or {})
         # Placeholders may name keys of the injected state as well as inputs (inputs win), so
-        # a run's texts can use what earlier runs stored; the state itself is never changed.
-        registry = self.registry.render({**st.to_dict(), **inputs} if len(st) else inputs, names)
+        # a run's texts can use what earlier runs stored; the state itself is never changed
+        # (nor copied: only the keys a placeholder names are read).
+        values: Mapping[str, Any] = collections.ChainMap(inputs, cast(Any, st)) if len(st) else inputs
+        registry = self.registry.render(values, names)
         tools: dict[str, Callable[..., Any]] = {}
         for name in names:
             spec = registry.task(name)

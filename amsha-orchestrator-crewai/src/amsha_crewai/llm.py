@@ -16,6 +16,7 @@ from typing import Any
 
 from amsha import LLM, Message, ToolCall, ToolSpec
 from amsha.errors import StructuredOutputError
+from amsha.llm import strip_fences
 from crewai.llms.base_llm import BaseLLM
 from pydantic import BaseModel, PrivateAttr
 
@@ -180,12 +181,24 @@ class AmshaCrewLLM(BaseLLM):
         text = response.text or ""
         if response_model is not None:
             try:
-                return response_model.model_validate_json(_unfence(text))
+                return response_model.model_validate_json(strip_fences(text))
             except ValueError as exc:
                 raise StructuredOutputError(
                     f"the model's answer does not match {response_model.__name__}: {exc}"
                 ) from None
         return text
+
+    def _begin(
+        self,
+        messages: str | list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        response_model: type[BaseModel] | None,
+        from_task: Any,
+        from_agent: Any,
+    ) -> tuple[LLM, list[Message], dict[str, Any]]:
+        """What both call forms do first: the before-hook, the LLM, the request's parts."""
+        self._hook()
+        return self._llm(from_task, from_agent), to_messages(messages), self._params(tools, response_model)
 
     def _hook(self, after: bool = False) -> None:
         if self._on_call is not None:
@@ -202,9 +215,8 @@ class AmshaCrewLLM(BaseLLM):
         response_model: type[BaseModel] | None = None,
     ) -> Any:
         """One call through Amsha's LLM, streamed (tokens reach the run as they arrive)."""
-        self._hook()
-        llm = self._llm(from_task, from_agent)
-        stream = llm.stream(to_messages(messages), **self._params(tools, response_model))
+        llm, msgs, params = self._begin(messages, tools, response_model, from_task, from_agent)
+        stream = llm.stream(msgs, **params)
         for _chunk in stream:
             pass
         response = stream.response
@@ -223,9 +235,8 @@ class AmshaCrewLLM(BaseLLM):
         response_model: type[BaseModel] | None = None,
     ) -> Any:
         """Async twin of :meth:`call`."""
-        self._hook()
-        llm = self._llm(from_task, from_agent)
-        stream = llm.astream(to_messages(messages), **self._params(tools, response_model))
+        llm, msgs, params = self._begin(messages, tools, response_model, from_task, from_agent)
+        stream = llm.astream(msgs, **params)
         async for _chunk in stream:
             pass
         response = stream.response
@@ -239,9 +250,3 @@ class AmshaCrewLLM(BaseLLM):
     call._crewai_rate_limit_wrapped = True  # type: ignore[attr-defined]
     acall._crewai_rate_limit_wrapped = True  # type: ignore[attr-defined]
 
-
-def _unfence(text: str) -> str:
-    stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = stripped.strip("`").removeprefix("json")
-    return stripped.strip()

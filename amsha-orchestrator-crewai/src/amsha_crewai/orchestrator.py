@@ -34,6 +34,7 @@ _env.apply()  # before CrewAI is imported
 
 from amsha import LLM  # noqa: E402
 from amsha.errors import AmshaError, ConfigError  # noqa: E402
+from amsha.llm import strip_fences  # noqa: E402
 from amsha.orchestrator import BaseOrchestrator, RunContext  # noqa: E402
 from amsha.plugins import BackendContext  # noqa: E402
 from crewai import Agent, Crew, Process, Task  # noqa: E402
@@ -360,7 +361,7 @@ def _callback(bridge: RunBridge, name: str, structured: bool) -> Callable[[Any],
         value = _output_value(output)
         if structured and isinstance(value, str):
             try:
-                value = json.loads(_unfence(value))
+                value = json.loads(strip_fences(value))
             except ValueError:
                 pass
         bridge.drain()
@@ -368,12 +369,6 @@ def _callback(bridge: RunBridge, name: str, structured: bool) -> Callable[[Any],
 
     return done
 
-
-def _unfence(text: str) -> str:
-    stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = stripped.strip("`").removeprefix("json")
-    return stripped.strip()
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -11,10 +11,11 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 from uuid import UUID
 
-from amsha import LLM, RunContext, TaskScope
+from amsha import LLM, RunContext
 from amsha.builtins.direct import task_messages
 from amsha.errors import ExecutionError
-from amsha.tools import invoke_tool, tool_spec
+from amsha.llm import strip_fences
+from amsha.tools import tool_spec
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langgraph.errors import GraphBubbleUp
@@ -79,13 +80,6 @@ def _lc_messages(messages: list[Any]) -> list[BaseMessage]:
     return out
 
 
-def _unfence(text: str) -> str:
-    stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = stripped.strip("`").removeprefix("json")
-    return stripped.strip()
-
-
 class _NodeEvents(BaseCallbackHandler):
     """Turns the start and end of each node of a client graph into Amsha task events, and
     knows each running node's span so LLM calls inside it are linked to it."""
@@ -147,26 +141,6 @@ class _NodeEvents(BaseCallbackHandler):
             self.run.fail_task(node, error, span_id=span)
 
 
-async def _call_tool(run: RunContext, scope: TaskScope, tools: dict[str, Any], call: dict[str, Any]) -> str:
-    name, call_id = call["name"], call.get("id") or ""
-    arguments = json.dumps(call.get("args") or {})
-    span = f"tool-{uuid.uuid4().hex[:12]}"
-    common = {"span_id": span, "parent_id": scope.span_id, "task": scope.name, "agent": scope.agent}
-    run.emit("tool.started", data={"tool": name, "call_id": call_id, "arguments": arguments}, **common)
-    fn = tools.get(name)
-    if fn is None:
-        result = f"error: there is no tool named {name!r}; available: {', '.join(tools) or 'none'}"
-        run.emit("tool.failed", data={"tool": name, "error": result}, **common)
-        return result
-    try:
-        result = await invoke_tool(name, fn, arguments)
-    except ExecutionError as exc:
-        run.emit("tool.failed", data={"tool": name, "error": str(exc)}, **common)
-        return f"error: {exc}"
-    run.emit("tool.finished", data={"tool": name, "result": result}, **common)
-    return result
-
-
 _RUN: ContextVar[RunContext] = ContextVar("amsha_langgraph_run")
 """The run a registry graph's nodes execute for (compiled graphs are cached and shared)."""
 _TASK_LLM: ContextVar[LLM] = ContextVar("amsha_langgraph_task_llm")
@@ -214,12 +188,14 @@ def registry_graph(orch: LangGraphOrchestrator, task_names: Sequence[str]) -> St
                         messages.append(answer)
                         for call in answer.tool_calls:
                             run.check_cancelled()
-                            result = await _call_tool(run, scope, tools, dict(call))
+                            result = await run.call_tool(
+                                scope, tools, call["name"], call.get("id") or "", json.dumps(call.get("args") or {})
+                            )
                             messages.append(ToolMessage(result, tool_call_id=call.get("id") or ""))
                     else:
                         raise ExecutionError(f"task {name!r}: the model still called tools after {max_rounds} rounds")
                     text = _text(answer.content)
-                    scope.output = json.loads(_unfence(text)) if task.output_schema else text
+                    scope.output = json.loads(strip_fences(text)) if task.output_schema else text
                 finally:
                     _TASK_LLM.reset(token)
             return {"outputs": {name: scope.output}}

@@ -12,17 +12,17 @@ them, in that order; nothing else.
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import AgentSpec, TaskSpec
 from ..errors import ExecutionError
+from ..llm import strip_fences
 from ..orchestrator import BaseOrchestrator, RunContext, TaskScope
 from ..plugins import BackendContext
 from ..provider import LLMResponse, Message
-from ..tools import invoke_tool, tool_spec
+from ..tools import tool_spec
 
 __all__ = ["DirectOrchestrator", "task_messages"]
 
@@ -63,7 +63,7 @@ class DirectOrchestrator(BaseOrchestrator):
                 response_format = {"name": name, "schema": task.output_schema} if task.output_schema else None
                 response = await self._answer(run, scope, messages, [*agent.tools, *task.tools], response_format)
                 if response_format is not None:
-                    scope.output = json.loads(_unfence(response.text))
+                    scope.output = json.loads(strip_fences(response.text))
                 else:
                     scope.output = response.text
 
@@ -92,41 +92,13 @@ class DirectOrchestrator(BaseOrchestrator):
                 messages.append(
                     Message(
                         "tool",
-                        await self._call_tool(run, scope, tools, call.name, call.id, call.arguments),
+                        await run.call_tool(scope, tools, call.name, call.id, call.arguments),
                         tool_call_id=call.id,
                     )
                 )
         raise ExecutionError(
             f"task {scope.name!r}: the model still called tools after {self.options.max_tool_rounds} rounds"
         )
-
-    @staticmethod
-    async def _call_tool(
-        run: RunContext, scope: TaskScope, tools: dict[str, Any], name: str, call_id: str, arguments: str
-    ) -> str:
-        span = f"tool-{uuid.uuid4().hex[:12]}"
-        common = {"span_id": span, "parent_id": scope.span_id, "task": scope.name, "agent": scope.agent}
-        run.emit("tool.started", data={"tool": name, "call_id": call_id, "arguments": arguments}, **common)
-        fn = tools.get(name)
-        if fn is None:
-            result = f"error: there is no tool named {name!r}; available: {', '.join(tools) or 'none'}"
-            run.emit("tool.failed", data={"tool": name, "error": result}, **common)
-            return result
-        try:
-            result = await invoke_tool(name, fn, arguments)
-        except ExecutionError as exc:
-            # The model sees the error and may correct itself; the client sees the event.
-            run.emit("tool.failed", data={"tool": name, "error": str(exc)}, **common)
-            return f"error: {exc}"
-        run.emit("tool.finished", data={"tool": name, "result": result}, **common)
-        return result
-
-
-def _unfence(text: str) -> str:
-    stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = stripped.strip("`").removeprefix("json")
-    return stripped.strip()
 
 
 def build(ctx: BackendContext) -> DirectOrchestrator:
