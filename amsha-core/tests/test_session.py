@@ -489,7 +489,10 @@ def test_closed_session_refuses_runs(session_factory: Any) -> None:
 
 def test_placeholders_are_filled_from_the_injected_state_and_inputs_win() -> None:
     config = {
-        "provider": {"name": "scripted", "options": {"responses": [{"match": "Use 3 facts about reefs", "text": "ok"}]}},
+        "provider": {
+            "name": "scripted",
+            "options": {"responses": [{"match": "Use 3 facts about reefs", "text": "ok"}]},
+        },
         "agents": {"a": {"role": "Writer", "goal": "Write"}},
         "tasks": {"t": {"description": "Use {count} facts about {topic}", "agent": "a"}},
     }
@@ -603,3 +606,103 @@ def test_agents_may_name_tools_passed_in_code() -> None:
     assert "agents.a.tools[0]" in str(info.value)
     with ExecutionSession(config, tools={"shout": shout}) as session:
         assert session.run("t").result(timeout=10).outputs == {"t": "done"}
+
+
+class Batches:
+    """Records which events arrive together: on_event calls closer than 1 ms apart are one
+    hand-over."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[float, str]] = []
+        self.threads: set[str] = set()
+
+    def on_event(self, event: Event) -> None:
+        self.arrivals.append((time.monotonic(), event.run_id))
+        self.threads.add(threading.current_thread().name)
+
+    def close(self) -> None:
+        pass
+
+
+def _quick_config() -> dict[str, Any]:
+    return {
+        "provider": {"name": "scripted", "options": {"responses": ["one two three"]}},
+        "agents": {"a": {"role": "R", "goal": "G"}},
+        "tasks": {"t": {"description": "Say it", "agent": "a"}},
+    }
+
+
+def test_observer_events_are_gathered_for_the_delivery_interval_then_handed_over_together() -> None:
+    watcher = Batches()
+    with ExecutionSession(_quick_config(), observers=[watcher]) as session:
+        [channel] = session._channels
+        channel.delivery_interval_s = 0.3  # read when the thread starts, on the first event
+        t0 = time.monotonic()
+        handles = [session.run("t") for _ in range(3)]
+        runs = [h.result(timeout=10).run_id for h in handles]
+        assert time.monotonic() - t0 < 0.25, "runs took too long for this test to mean anything"
+        assert watcher.arrivals == [], "nothing is handed over before the interval ends"
+        deadline = time.monotonic() + 5
+        while not watcher.arrivals and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        first = watcher.arrivals[0][0]
+        # The three runs' events arrived in one hand-over, at the end of the interval.
+        assert first - t0 >= 0.29
+        assert {run for _, run in watcher.arrivals} == set(runs)
+        assert watcher.arrivals[-1][0] - first < 0.05
+        assert watcher.threads == {"amsha-observer-Batches"}
+
+
+def test_flush_hands_over_at_once_without_waiting_out_a_long_interval() -> None:
+    watcher = Batches()
+    with ExecutionSession(_quick_config(), observers=[watcher]) as session:
+        session._channels[0].delivery_interval_s = 30.0
+        session.run("t").result(timeout=10)
+        t0 = time.monotonic()
+        assert session.flush_observers(timeout=5)
+        assert time.monotonic() - t0 < 1
+        assert len(watcher.arrivals) >= 3
+
+
+def test_delivery_interval_comes_from_config_else_the_observer_else_the_default() -> None:
+    from amsha.observe import DELIVERY_INTERVAL_S
+
+    class Live(Batches):
+        delivery_interval_s = 0.0
+
+    config = {**_quick_config(), "observers": [{"name": "console", "delivery_interval_s": 0.5}]}
+    with ExecutionSession(config, observers=[Live(), Batches()]) as session:
+        assert [c.delivery_interval_s for c in session._channels] == [0.5, 0.0, DELIVERY_INTERVAL_S]
+    with pytest.raises(
+        ConfigError, match=r"observers\[0\]\.delivery_interval_s: Input should be greater than or equal to 0"
+    ):
+        ExecutionSession({**_quick_config(), "observers": [{"name": "console", "delivery_interval_s": -1}]})
+
+
+def test_events_still_queued_at_interpreter_exit_are_handed_over(tmp_path: Path) -> None:
+    """A script that never closes its session: the exit hook drains the observer's queue."""
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "events.txt"
+    script = textwrap.dedent(
+        f"""
+        from amsha import ExecutionSession
+
+        class ToFile:
+            delivery_interval_s = 30.0  # far longer than the script lives
+
+            def on_event(self, event):
+                with open({str(out)!r}, "a") as f:
+                    f.write(event.kind + "\\n")
+
+        session = ExecutionSession({_quick_config()!r}, observers=[ToFile()])
+        session.run("t").result(timeout=10)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    kinds = out.read_text().split()
+    assert kinds[0] == "run.started" and kinds[-1] == "run.finished", kinds

@@ -68,10 +68,13 @@ class BackendConfig(_Strict):
 class ObserverConfig(BackendConfig):
     """An observer chosen by name. Events reach it on a thread of its own, so it never holds
     back a run; ``queue_max`` bounds the events waiting for it (beyond, they are dropped for it
-    and reported), ``drain_timeout_s`` is how long closing the session waits for it to catch up."""
+    and reported), ``drain_timeout_s`` is how long closing the session waits for it to catch up,
+    ``delivery_interval_s`` how long its thread gathers events before handing them over (unset:
+    the observer's own preference, else 20 ms; ``0``: each event as soon as the thread is free)."""
 
     queue_max: int = Field(100_000, ge=1)
     drain_timeout_s: float = Field(5.0, ge=0)
+    delivery_interval_s: float | None = Field(None, ge=0, le=60)
 
 
 class ProviderConfig(BackendConfig):

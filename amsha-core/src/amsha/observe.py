@@ -6,24 +6,47 @@ slow observer (a tracing exporter on a slow network, a 1-second-per-event hook) 
 back token streaming or the run, and an observer that raises is reported once per run and
 skipped for the rest of that run; it never fails the run.
 
+The thread gathers events for up to ``delivery_interval_s`` (default 20 ms) before handing
+them over, so it wakes once per interval rather than once per run: waking a thread costs a
+run on a fast provider about a fifth of its time, while 20 ms of delay is invisible to a
+console, a trace or a dashboard. ``0`` hands each event over as soon as the thread is free.
+
 ``ExecutionSession.flush_observers()`` waits until every observer has seen every event so
 far (the CLI calls it before printing a summary); ``ExecutionSession.close()`` drains the
-queues, waiting at most each observer's ``drain_timeout_s``, then closes the observers.
+queues, waiting at most each observer's ``drain_timeout_s``, then closes the observers. At
+interpreter exit, what is still queued is handed over too (within ``drain_timeout_s``).
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import threading
 import time
+import weakref
 from typing import Any
 
 from .events import Event, Observer
 
-__all__ = ["ObserverChannel", "ObserverError"]
+__all__ = ["DELIVERY_INTERVAL_S", "ObserverChannel", "ObserverError"]
 
 log = logging.getLogger("amsha")
+
+DELIVERY_INTERVAL_S = 0.02
+"""How long an observer's thread gathers events before handing them over, by default."""
+BATCH_MAX = 4096
+"""Queued events that make the thread hand over at once, without waiting out the interval."""
+
+# Channels with a live thread: at interpreter exit, each hands over what is still queued.
+_live: weakref.WeakSet[ObserverChannel] = weakref.WeakSet()
+_exit_hook = False
+_exit_lock = threading.Lock()
+
+
+def _drain_at_exit() -> None:
+    for channel in list(_live):
+        channel.flush(channel.drain_timeout_s)
 
 
 class ObserverError:
@@ -47,13 +70,31 @@ class ObserverChannel:
     ``queue_max`` bounds the events waiting for a slow observer: beyond it, new events are
     dropped for that observer only (counted in ``dropped`` and reported once per run), so
     memory stays bounded whatever the observer does. The run itself never waits.
+
+    ``delivery_interval_s`` is how long the thread gathers events before handing them over
+    (see the module's docstring); ``None`` takes the observer's own ``delivery_interval_s``
+    attribute if it has one, else :data:`DELIVERY_INTERVAL_S`.
     """
 
-    def __init__(self, observer: Observer, name: str, *, queue_max: int = 100_000, drain_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        observer: Observer,
+        name: str,
+        *,
+        queue_max: int = 100_000,
+        drain_timeout_s: float = 5.0,
+        delivery_interval_s: float | None = None,
+    ) -> None:
         self.observer = observer
         self.name = name
         self.queue_max = queue_max
         self.drain_timeout_s = drain_timeout_s
+        if delivery_interval_s is None:
+            delivery_interval_s = getattr(observer, "delivery_interval_s", None)
+        self.delivery_interval_s: float = DELIVERY_INTERVAL_S if delivery_interval_s is None else delivery_interval_s
+        # A large backlog is handed over at once rather than at the end of the interval.
+        self._batch_max = min(BATCH_MAX, queue_max)
+        self._flushing = 0  # threads waiting in flush(): the worker hands over at once
         self.errors: list[ObserverError] = []
         self.dropped = 0
         self._queue: collections.deque[Event] = collections.deque()
@@ -89,20 +130,42 @@ class ObserverChannel:
                 return
             self._queue.append(event)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name=f"amsha-observer-{self.name}", daemon=True)
-                self._thread.start()
-            if len(self._queue) == 1:
-                self._cond.notify_all()  # the worker may be asleep; with more queued it is awake
+                self._start()
+            queued = len(self._queue)
+            if queued == 1 or queued == self._batch_max:
+                # The worker may be asleep on an empty queue; with more queued it is gathering
+                # (or busy) and hands over when the interval ends, or now if the queue is large.
+                self._cond.notify_all()
+
+    def _start(self) -> None:
+        global _exit_hook
+        self._thread = threading.Thread(target=self._work, name=f"amsha-observer-{self.name}", daemon=True)
+        self._thread.start()
+        _live.add(self)
+        with _exit_lock:
+            # Registered after the first observer exists, so it runs before the exit hooks of
+            # what the observer set up earlier (an OpenTelemetry provider's shutdown, say).
+            if not _exit_hook:
+                atexit.register(_drain_at_exit)
+                _exit_hook = True
 
     # ---- consumer side (the channel's thread) --------------------------------------------
 
     def _work(self) -> None:
+        interval = self.delivery_interval_s
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
                     self._cond.wait()
                 if not self._queue:
                     return  # closed and drained
+                if interval > 0:
+                    deadline = time.monotonic() + interval
+                    while not (self._closed or self._flushing) and len(self._queue) < self._batch_max:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
                 # Everything queued at once: one lock round trip per batch, not per event.
                 batch, self._queue = self._queue, collections.deque()
                 self._busy = True
@@ -142,11 +205,16 @@ class ObserverChannel:
         """Wait until every queued event has been handed over; False if ``timeout`` expired."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._busy:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
+            self._flushing += 1
+            self._cond.notify_all()  # a gathering worker hands over now
+            try:
+                while self._queue or self._busy:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+            finally:
+                self._flushing -= 1
         return True
 
     def close(self, timeout: float | None = None) -> None:
@@ -158,6 +226,7 @@ class ObserverChannel:
             self._queue.clear()
             self._closed = True
             self._cond.notify_all()
+        _live.discard(self)
         if not drained:
             self.dropped += left
             log.warning(

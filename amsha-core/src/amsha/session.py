@@ -110,6 +110,7 @@ class ExecutionSession:
                 observer_name(observer, ocfg.name if ocfg else ""),
                 queue_max=ocfg.queue_max if ocfg else 100_000,
                 drain_timeout_s=ocfg.drain_timeout_s if ocfg else 5.0,
+                delivery_interval_s=ocfg.delivery_interval_s if ocfg else None,
             )
             for observer, ocfg in itertools.zip_longest(self.observers, cfg.observers)
         ]
