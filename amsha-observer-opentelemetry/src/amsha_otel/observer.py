@@ -39,8 +39,9 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TracerProvider
 
+from ._fastspan import FastTracer, context_with
 from .options import OtelOptions
 
 __all__ = ["SCHEMA_URL", "SEMCONV_VERSION", "OtelObserver", "build"]
@@ -138,6 +139,7 @@ class OtelObserver:
         self._limit = options.max_content_chars
         tp, mp = self._providers(tracer_provider, meter_provider)
         self.tracer = tp.get_tracer(SCOPE, _version(), schema_url=SCHEMA_URL)
+        self._fast = FastTracer.of(self.tracer) if options.fast_spans else None
         self._meter_enabled = options.metrics and mp is not None
         if mp is not None and options.metrics:
             meter = mp.get_meter(SCOPE, _version(), schema_url=SCHEMA_URL)
@@ -330,24 +332,32 @@ class OtelObserver:
             else:
                 self._span_event(run, event)
 
-    def _parent(self, run: _RunTrace, parent_id: str | None) -> Context:
-        span: Span | None = None
+    @staticmethod
+    def _parent(run: _RunTrace, parent_id: str | None) -> Span | SpanContext | None:
+        """The parent of a new span: the open span ``parent_id`` names, else the context of
+        that span if it already ended, else the run's span."""
         if parent_id is not None:
             span = run.open.get(parent_id)
-            if span is None:
-                ended = run.ended.get(parent_id)
-                if ended is not None:
-                    span = NonRecordingSpan(ended)
-        if span is None:
-            span = run.run_span
-        return trace.set_span_in_context(span, Context()) if span is not None else Context()
+            if span is not None:
+                return span
+            ended = run.ended.get(parent_id)
+            if ended is not None:
+                return ended
+        return run.run_span
 
     def _start(
         self, run: _RunTrace, event: Event, name: str, attrs: dict[str, Any], kind: SpanKind = SpanKind.INTERNAL
     ) -> Span:
-        span = self.tracer.start_span(
-            name, context=self._parent(run, event.parent_id), kind=kind, attributes=attrs, start_time=_ns(event.ts)
-        )
+        parent = self._parent(run, event.parent_id)
+        fast = self._fast
+        span: Any
+        if fast is not None and fast.usable():
+            parent_ctx = parent if isinstance(parent, SpanContext) or parent is None else parent.get_span_context()
+            span = fast.start_span(name, parent_ctx, kind, attrs, _ns(event.ts))
+        else:
+            span = self.tracer.start_span(
+                name, context=context_with(parent), kind=kind, attributes=attrs, start_time=_ns(event.ts)
+            )
         run.open[event.span_id] = span
         return span
 
@@ -383,7 +393,7 @@ class OtelObserver:
             "gen_ai.workflow.name": workflow,
             "amsha.run.id": event.run_id,
             "amsha.run.mode": str(d.get("mode") or ""),
-            "amsha.run.tasks": [str(t) for t in d.get("tasks") or []],
+            "amsha.run.tasks": tuple(str(t) for t in d.get("tasks") or ()),
         }
         if d.get("orchestrator"):
             attrs["amsha.orchestrator"] = str(d["orchestrator"])
@@ -392,9 +402,14 @@ class OtelObserver:
         links = d.get("links")
         # The caller's trace context, captured when it started the run (see run_links).
         parent = propagate.extract(links) if isinstance(links, Mapping) and links else Context()
-        span = self.tracer.start_span(
-            f"invoke_workflow {workflow}", context=parent, attributes=attrs, start_time=_ns(event.ts)
-        )
+        name = f"invoke_workflow {workflow}"
+        fast = self._fast
+        span: Any
+        if fast is not None and fast.usable():
+            remote = trace.get_current_span(parent).get_span_context()
+            span = fast.start_span(name, remote, SpanKind.INTERNAL, attrs, _ns(event.ts), context=parent)
+        else:
+            span = self.tracer.start_span(name, context=parent, attributes=attrs, start_time=_ns(event.ts))
         run.open[event.span_id] = span
         run.run_span = span
 
@@ -501,7 +516,7 @@ class OtelObserver:
             if request.get(key) is not None:
                 attrs[attr] = request[key]
         if request.get("stop"):
-            attrs["gen_ai.request.stop_sequences"] = [str(s) for s in request["stop"]]
+            attrs["gen_ai.request.stop_sequences"] = tuple(str(s) for s in request["stop"])
         if event.task:
             attrs["amsha.task.name"] = event.task
         if event.agent:
@@ -558,7 +573,7 @@ class OtelObserver:
             attrs["gen_ai.response.model"] = str(model)
             metric_attrs = {**metric_attrs, "gen_ai.response.model": str(model)}
         if response.get("finish_reason"):
-            attrs["gen_ai.response.finish_reasons"] = [str(response["finish_reason"])]
+            attrs["gen_ai.response.finish_reasons"] = (str(response["finish_reason"]),)
         input_tokens = int(usage.get("input_tokens") or 0)
         output_tokens = int(usage.get("output_tokens") or 0)
         if usage:

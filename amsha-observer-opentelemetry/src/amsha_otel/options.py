@@ -59,3 +59,9 @@ class OtelOptions(BaseModel):
         5.0, ge=0, description="at most this long for the last flush and shutdown when the session closes"
     )
     max_content_chars: int = Field(16_384, ge=0, description="captured content longer than this is cut (0: no limit)")
+    fast_spans: bool = Field(
+        True,
+        description="hand finished spans straight to the SDK's span processors when that provably gives the "
+        "same spans (the SDK's Batch/Simple processors, a ParentBased sampler, no truncating limits); "
+        "false: every span through Tracer.start_span",
+    )
