@@ -192,10 +192,12 @@ def check(name: str, ok: bool, detail: str) -> bool:
 # ---- in-process timing --------------------------------------------------------------------
 
 
-def _batch(fn: Callable[[], object], number: int) -> int:
-    """Nanoseconds for ``number`` calls of ``fn``. Like timeit: the garbage collector is
-    collected before and paused during the batch, so a collection triggered by one side's
-    garbage does not land in the other side's time."""
+def _batch(fn: Callable[[], object], number: int, settle: Callable[[], object] | None = None) -> int:
+    """Nanoseconds for ``number`` calls of ``fn``, then ``settle()`` if given (work ``fn``
+    left to other threads, finished inside the timing, so none of it lands in the next
+    batch). Like timeit: the garbage collector is collected before and paused during the
+    batch, so a collection triggered by one side's garbage does not land in the other side's
+    time."""
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
@@ -204,6 +206,8 @@ def _batch(fn: Callable[[], object], number: int) -> int:
         t0 = time.perf_counter_ns()
         for _ in loop:
             fn()
+        if settle is not None:
+            settle()
         return time.perf_counter_ns() - t0
     finally:
         if was_enabled:
@@ -294,25 +298,29 @@ def paired(
     settings: Settings,
     target_ms: float | None = None,
     repeat: int | None = None,
+    settle: tuple[Callable[[], object], Callable[[], object]] | None = None,
 ) -> Paired:
     """Overhead of ``wrapped`` over ``bare`` per call. Both run the same number of calls per
     batch (calibrated on ``wrapped``, the slower one); each round times both back to back,
-    alternating which goes first, so drift (CPU clock, other load) hits both alike."""
+    alternating which goes first, so drift (CPU clock, other load) hits both alike.
+    ``settle``: (for wrapped, for bare), each called once at the end of every batch of its
+    side, inside the timing (see :func:`_batch`)."""
     target = int((target_ms or settings.pick(25, 8)) * 1e6)
     repeat = repeat or settings.pick(21, 7)
+    ws, bs = settle if settle is not None else (None, None)
     number = _calibrate(wrapped, target)
     _calibrate(bare, target // 4)  # warm the bare path up too
-    _batch(wrapped, number)
-    _batch(bare, number)
+    _batch(wrapped, number, ws)
+    _batch(bare, number, bs)
     w: list[float] = []
     b: list[float] = []
     for r in range(repeat):
         if r % 2 == 0:
-            w.append(_batch(wrapped, number) / number)
-            b.append(_batch(bare, number) / number)
+            w.append(_batch(wrapped, number, ws) / number)
+            b.append(_batch(bare, number, bs) / number)
         else:
-            b.append(_batch(bare, number) / number)
-            w.append(_batch(wrapped, number) / number)
+            b.append(_batch(bare, number, bs) / number)
+            w.append(_batch(wrapped, number, ws) / number)
     diffs = [x - y for x, y in zip(w, b, strict=True)]
     low, high = _quartiles(diffs)
     return Paired(statistics.median(w), statistics.median(b), statistics.median(diffs), low, high, number, repeat)

@@ -259,6 +259,8 @@ def test_closing_ends_spans_of_runs_still_open() -> None:
     spans = exporter.get_finished_spans()
     assert sorted(s.name for s in spans) == ["amsha.task t", "invoke_workflow amsha"]
     assert all(s.attributes["amsha.incomplete"] is True for s in spans)
+    # Ended at closing time, after they started.
+    assert all(s.end_time is not None and s.end_time >= s.start_time for s in spans)
     observer.on_event(Event("run.finished", "r2", 2, t, "r2", None))  # after close: ignored, no error
 
 

@@ -29,6 +29,7 @@ self-monitoring span counters (``otel.sdk.span.*``) do not count these spans.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from time import time_ns
 from typing import Any
 
 from opentelemetry import trace
@@ -121,7 +122,7 @@ class FastSpan:
                 kind=self._kind,
                 status=self._status,
                 start_time=self._start,
-                end_time=end_time,
+                end_time=time_ns() if end_time is None else end_time,
                 instrumentation_scope=tracer.scope,
             )
         )
