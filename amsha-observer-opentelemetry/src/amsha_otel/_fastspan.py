@@ -164,12 +164,14 @@ class FastTracer:
         limits = tracer._span_limits
         if getattr(limits, "max_span_attribute_length", 0) is not None:
             return None
-        for name, least in (("max_span_attributes", _MOST_ATTRIBUTES), ("max_events", _MOST_EVENTS)):
+        for name, least in (
+            ("max_span_attributes", _MOST_ATTRIBUTES),
+            ("max_event_attributes", _MOST_ATTRIBUTES),
+            ("max_events", _MOST_EVENTS),
+        ):
             value = getattr(limits, name, 0)
-            if value is not None and value < least:
+            if value is not None and value < least:  # None: no limit
                 return None
-        if getattr(limits, "max_event_attributes", 0) is not None and limits.max_event_attributes < _MOST_ATTRIBUTES:
-            return None
         return cls(tracer)
 
     def usable(self) -> bool:
@@ -216,15 +218,6 @@ class FastTracer:
         if not recording:
             return NonRecordingSpan(context_)
         return FastSpan(self, name, context_, parent, kind, attributes, start_time)
-
-
-def span_context_of(span: Any) -> SpanContext | None:
-    """The span context of an open span, an ended one's context, or None."""
-    if span is None:
-        return None
-    if isinstance(span, SpanContext):
-        return span
-    return span.get_span_context()
 
 
 def context_with(span: Any) -> Context:

@@ -178,7 +178,7 @@ class OtelObserver:
             mp = meter_provider if meter_provider is not None else otel_metrics.get_meter_provider()
             self._flush += [tracer_provider, mp]
             return tracer_provider, mp
-        exporter = opts.exporter
+        exporter: str = opts.exporter
         if exporter == "auto":
             global_tp = trace.get_tracer_provider()
             if not isinstance(global_tp, trace.ProxyTracerProvider):
@@ -187,7 +187,7 @@ class OtelObserver:
                 self._flush += [global_tp, mp]
                 return global_tp, mp
             exporter = _exporter_from_env("OTEL_TRACES_EXPORTER", "TRACES")
-            metric_exporter = _exporter_from_env("OTEL_METRICS_EXPORTER", "METRICS")
+            metric_exporter: str = _exporter_from_env("OTEL_METRICS_EXPORTER", "METRICS")
         else:
             metric_exporter = exporter
         return self._own_tracer_provider(exporter), (
@@ -269,8 +269,9 @@ class OtelObserver:
         if not self.options.metrics or exporter == "none":
             return None
         from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 
+        reader: MetricReader
         if exporter == "memory":
             from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -347,7 +348,8 @@ class OtelObserver:
 
     def _start(
         self, run: _RunTrace, event: Event, name: str, attrs: dict[str, Any], kind: SpanKind = SpanKind.INTERNAL
-    ) -> Span:
+    ) -> Any:
+        """Start a span (fast path or ``Tracer.start_span``) under its parent; returns it."""
         parent = self._parent(run, event.parent_id)
         fast = self._fast
         span: Any
@@ -426,11 +428,11 @@ class OtelObserver:
         # here, innermost first, so no span is left dangling.
         end_ns = _ns(event.ts)
         for span_id in reversed([s for s in run.open if s != event.span_id]):
-            span = run.open.pop(span_id)
-            span.set_attribute("amsha.incomplete", True)
+            inner = run.open.pop(span_id)
+            inner.set_attribute("amsha.incomplete", True)
             if error is not None:
-                _set_error(span, error)
-            span.end(end_time=end_ns)
+                _set_error(inner, error)
+            inner.end(end_time=end_ns)
         span = run.open.get(event.span_id)
         if span is not None:
             metrics = d.get("metrics") or {}
