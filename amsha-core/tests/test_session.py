@@ -706,3 +706,33 @@ def test_events_still_queued_at_interpreter_exit_are_handed_over(tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     kinds = out.read_text().split()
     assert kinds[0] == "run.started" and kinds[-1] == "run.finished", kinds
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork exists on POSIX only")
+def test_a_forked_child_delivers_its_own_runs_events(tmp_path: Path) -> None:
+    """A session used before a fork (a pre-forking server): the child's observer gets a
+    thread of its own and sees the child's runs."""
+    import os
+
+    out = tmp_path / "child.txt"
+
+    class ToFile:
+        def on_event(self, event: Event) -> None:
+            with open(out, "a") as f:
+                f.write(f"{os.getpid()} {event.kind}\n")
+
+    session = ExecutionSession(_quick_config(), observers=[ToFile()])
+    session.run("t").result(timeout=10)  # the parent's observer thread is running
+    pid = os.fork()
+    if pid == 0:  # the child: run, flush, leave without the parent's cleanup
+        code = 1
+        try:
+            session.run("t").result(timeout=10)
+            code = 0 if session.flush_observers(timeout=10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    child = [line.split()[1] for line in out.read_text().splitlines() if line.startswith(f"{pid} ")]
+    assert child[0] == "run.started" and child[-1] == "run.finished", child
+    session.close()

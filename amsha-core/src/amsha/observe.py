@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import os
 import threading
 import time
 import weakref
@@ -47,6 +48,21 @@ _exit_lock = threading.Lock()
 def _drain_at_exit() -> None:
     for channel in list(_live):
         channel.flush(channel.drain_timeout_s)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a pre-forking server's worker, say) has none of the parent's threads
+    and maybe a lock the parent held mid-fork: its channels start afresh, with a thread of
+    their own on their first event. Events queued in the parent are the parent's to deliver."""
+    global _exit_lock
+    _exit_lock = threading.Lock()
+    for channel in list(_live):
+        channel._reset_after_fork()
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ObserverError:
@@ -136,6 +152,13 @@ class ObserverChannel:
                 # The worker may be asleep on an empty queue; with more queued it is gathering
                 # (or busy) and hands over when the interval ends, or now if the queue is large.
                 self._cond.notify_all()
+
+    def _reset_after_fork(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue = collections.deque()
+        self._thread = None
+        self._busy = False
+        self._flushing = 0
 
     def _start(self) -> None:
         global _exit_hook
