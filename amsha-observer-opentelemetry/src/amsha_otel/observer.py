@@ -349,19 +349,32 @@ class OtelObserver:
     def _start(
         self, run: _RunTrace, event: Event, name: str, attrs: dict[str, Any], kind: SpanKind = SpanKind.INTERNAL
     ) -> Any:
-        """Start a span (fast path or ``Tracer.start_span``) under its parent; returns it."""
-        parent = self._parent(run, event.parent_id)
-        fast = self._fast
-        span: Any
-        if fast is not None and fast.usable():
-            parent_ctx = parent if isinstance(parent, SpanContext) or parent is None else parent.get_span_context()
-            span = fast.start_span(name, parent_ctx, kind, attrs, _ns(event.ts))
-        else:
-            span = self.tracer.start_span(
-                name, context=context_with(parent), kind=kind, attributes=attrs, start_time=_ns(event.ts)
-            )
+        """Start the span of ``event`` under its parent (see :meth:`_parent`); returns it."""
+        span = self._start_span(name, kind, attrs, _ns(event.ts), self._parent(run, event.parent_id))
         run.open[event.span_id] = span
         return span
+
+    def _start_span(
+        self,
+        name: str,
+        kind: SpanKind,
+        attrs: dict[str, Any],
+        start_ns: int,
+        parent: Span | SpanContext | None,
+        context: Context | None = None,
+    ) -> Any:
+        """A span through the fast path when it is usable, else ``Tracer.start_span``.
+        ``context`` (the run's span only): the caller's context, holding the parent."""
+        fast = self._fast
+        if fast is not None and fast.usable():
+            if context is not None:
+                parent = trace.get_current_span(context).get_span_context()
+            elif parent is not None and not isinstance(parent, SpanContext):
+                parent = parent.get_span_context()
+            return fast.start_span(name, parent, kind, attrs, start_ns, context=context)
+        if context is None:
+            context = context_with(parent)
+        return self.tracer.start_span(name, context=context, kind=kind, attributes=attrs, start_time=start_ns)
 
     def _end(self, run: _RunTrace, event: Event, error: Mapping[str, Any] | None = None) -> Span | None:
         span = run.open.pop(event.span_id, None)
@@ -403,15 +416,9 @@ class OtelObserver:
             attrs["openinference.span.kind"] = "CHAIN"
         links = d.get("links")
         # The caller's trace context, captured when it started the run (see run_links).
-        parent = propagate.extract(links) if isinstance(links, Mapping) and links else Context()
+        caller = propagate.extract(links) if isinstance(links, Mapping) and links else Context()
         name = f"invoke_workflow {workflow}"
-        fast = self._fast
-        span: Any
-        if fast is not None and fast.usable():
-            remote = trace.get_current_span(parent).get_span_context()
-            span = fast.start_span(name, remote, SpanKind.INTERNAL, attrs, _ns(event.ts), context=parent)
-        else:
-            span = self.tracer.start_span(name, context=parent, attributes=attrs, start_time=_ns(event.ts))
+        span = self._start_span(name, SpanKind.INTERNAL, attrs, _ns(event.ts), None, context=caller)
         run.open[event.span_id] = span
         run.run_span = span
 
