@@ -286,3 +286,49 @@ def session_create(settings: Settings) -> list[Figure]:
             None,
         )
     ]
+
+
+class _NothingObserver:
+    """An observer that does nothing with what it is handed (tokens it never receives)."""
+
+    ignored_event_kinds = frozenset({"llm.token"})
+    seen = 0
+
+    def on_event(self, event: Any) -> None:
+        _NothingObserver.seen += 1
+
+
+@benchmark("observer.delivery.per_run")
+def observer_delivery(settings: Settings) -> list[Figure]:
+    """What handing a run's events to an observer costs the run: a one-call run (``direct``,
+    zero-latency ``scripted``, ``memory`` store) with an observer that does nothing, against
+    the same run with none. Each batch of runs ends with ``flush_observers()`` inside its
+    timing, so every hand-over is counted. The peer is the bare run: the goal bounds what the
+    observer thread's queue and wake-ups add to it."""
+    from amsha import ExecutionSession
+
+    config = {
+        "provider": {"name": "scripted", "model": "scripted-1", "options": {"responses": [TEXT]}},
+        "agents": {"a": {"role": "Writer", "goal": "Write"}},
+        "tasks": {"t": {"description": "Write one sentence.", "agent": "a"}},
+    }
+    with ExecutionSession(config, observers=[_NothingObserver()]) as on, ExecutionSession(config) as off:
+        on.run().result()
+        assert on.flush_observers(10) and _NothingObserver.seen >= 4, _NothingObserver.seen
+        t = paired(
+            lambda: on.run().result(),
+            lambda: off.run().result(),
+            settings=settings,
+            settle=(on.flush_observers, off.flush_observers),
+        )
+    log(f"  a run with an observer doing nothing vs none: {t.describe()}")
+    return [
+        Figure(
+            "observer.delivery.per_run",
+            t.wrapped / 1e3,
+            t.bare / 1e3,
+            "the same one-call run with no observer",
+            "us/call",
+            1.05,
+        )
+    ]
