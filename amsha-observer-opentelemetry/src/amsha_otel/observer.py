@@ -367,9 +367,7 @@ class OtelObserver:
         ``context`` (the run's span only): the caller's context, holding the parent."""
         fast = self._fast
         if fast is not None and fast.usable():
-            if context is not None:
-                parent = trace.get_current_span(context).get_span_context()
-            elif parent is not None and not isinstance(parent, SpanContext):
+            if parent is not None and not isinstance(parent, SpanContext):
                 parent = parent.get_span_context()
             return fast.start_span(name, parent, kind, attrs, start_ns, context=context)
         if context is None:
@@ -517,13 +515,13 @@ class OtelObserver:
         metric_attrs = dict(attrs)
         if request.get("response_format"):
             attrs["gen_ai.output.type"] = "json"
-        for key, attr in (
-            ("temperature", "gen_ai.request.temperature"),
-            ("max_tokens", "gen_ai.request.max_tokens"),
-            ("seed", "gen_ai.request.seed"),
+        for key, attr, kind in (
+            ("temperature", "gen_ai.request.temperature", float),
+            ("max_tokens", "gen_ai.request.max_tokens", int),
+            ("seed", "gen_ai.request.seed", int),
         ):
             if request.get(key) is not None:
-                attrs[attr] = request[key]
+                attrs[attr] = kind(request[key])
         if request.get("stop"):
             attrs["gen_ai.request.stop_sequences"] = tuple(str(s) for s in request["stop"])
         if event.task:
