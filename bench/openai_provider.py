@@ -136,13 +136,19 @@ def _cpu_batch(fn: Callable[[], object], number: int) -> int:
             gc.enable()
 
 
-def paired_cpu(wrapped: Callable[[], object], bare: Callable[[], object], settings: Settings) -> Paired:
+def paired_cpu(
+    wrapped: Callable[[], object],
+    bare: Callable[[], object],
+    settings: Settings,
+    repeat: int | None = None,
+    target_ms: int | None = None,
+) -> Paired:
     """Like ``harness.paired`` (adjacent batches, alternating order, median of the per-round
     differences), but on this process's CPU clock: the server runs in another process, so
     what a client library adds is CPU here, while the wall clock would mostly measure the
     loopback round trip and the server's scheduling."""
-    target_ns = settings.pick(100, 40) * 1_000_000
-    repeat = settings.pick(11, 5)
+    target_ns = (target_ms or settings.pick(100, 40)) * 1_000_000
+    repeat = repeat or settings.pick(11, 5)
     for _ in range(3):  # warm both up (connections, caches)
         wrapped()
         bare()
@@ -164,9 +170,10 @@ def paired_cpu(wrapped: Callable[[], object], bare: Callable[[], object], settin
 
 
 class _SDKClock:
-    """Nanoseconds spent inside the SDK by one provider: ``chat.completions.create`` and the
-    iteration and closing of the stream it returns. What Amsha adds is the rest of the call,
-    measured in the same call, so the SDK's and the server's own variance cancel out."""
+    """Nanoseconds spent inside the SDK by one client owner (the provider, or a
+    :class:`_Bare` around a bare client): ``chat.completions.create`` and the iteration and
+    closing of the stream it returns. What Amsha adds is the rest of the call, measured in the
+    same call, so the SDK's and the server's own variance cancel out."""
 
     def __init__(self, provider: Any) -> None:
         self.ns = 0
@@ -180,6 +187,11 @@ class _SDKClock:
             return _TimedStream(result, self) if params.get("stream") else result
 
         completions.create = timed_create  # this provider's client only
+        self._completions = completions
+
+    def remove(self) -> None:
+        """Unclock the client (the class's ``create`` shows through again)."""
+        del self._completions.create
 
 
 class _TimedStream:
@@ -207,9 +219,23 @@ class _TimedStream:
         self._clock.ns += time.perf_counter_ns() - t0
 
 
-def amsha_outside_sdk(provider: Any, call: Callable[[], object], settings: Settings) -> tuple[float, float, float]:
+class _Bare:
+    """A bare SDK client as :class:`_SDKClock` takes it (the clock patches this client only)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+
+def outside_sdk(provider: Any, call: Callable[[], object], settings: Settings) -> tuple[float, float, float]:
     """Median ns per call that ``call`` spends outside the SDK, with its quartiles."""
     clock = _SDKClock(provider)
+    try:
+        return _outside(clock, call, settings)
+    finally:
+        clock.remove()  # later measurements of the same client see it unwrapped
+
+
+def _outside(clock: _SDKClock, call: Callable[[], object], settings: Settings) -> tuple[float, float, float]:
     for _ in range(3):
         call()
     rounds = settings.pick(21, 9)
@@ -238,22 +264,33 @@ def _overhead_figures(
     provider: Any,
     amsha_call: Callable[[], object],
     raw_call: Callable[[], object],
+    floor: tuple[_Bare, Callable[[], object]],
     peers: list[tuple[str, str, Callable[[], object]]],
     settings: Settings,
     unit_note: str,
 ) -> tuple[float, float, list[Figure]]:
-    """Amsha's overhead measured inside its own calls; each peer's as the CPU difference to the
-    bare SDK call (a peer's SDK calls cannot be timed from outside without changing it).
-    Returns Amsha's overhead and the bare call's CPU time (ns), and the peer figures."""
-    amsha, low, high = amsha_outside_sdk(provider, amsha_call, settings)
+    """What Amsha and each peer add to the bare SDK call, all measured the same way: this
+    process's CPU difference between the library's call and the bare call, in adjacent
+    batches (:func:`paired_cpu`). Amsha's difference is small against the call, so it gets
+    more and longer rounds (21 of ~300 ms; 9 of ~60 ms with ``--quick``) than a peer's.
+
+    Cross-check, logged: Amsha's time outside the SDK inside its own calls (the SDK's
+    ``create`` and stream iteration clocked, then unclocked) minus what that clock reads for
+    the bare SDK call on a client of its own (``floor``: the clock's wrappers and the
+    consuming loop). It has tight quartiles but misses what Amsha costs inside the SDK's time
+    (the connection-reuse read; caches the SDK then finds colder), so it reads lower for
+    streams. Returns Amsha's overhead and the bare call's CPU time (ns), and the peer
+    figures."""
+    gross, low, high = outside_sdk(provider, amsha_call, settings)
+    method, m_low, m_high = outside_sdk(floor[0], floor[1], settings)
     log(
-        f"  amsha, time outside the SDK ({unit_note}): {amsha / 1e3:.4g} us (quartiles {low / 1e3:.4g}..{high / 1e3:.4g})"
+        f"  cross-check: amsha's time outside the SDK ({unit_note}) {gross / 1e3:.4g} us"
+        f" (quartiles {low / 1e3:.4g}..{high / 1e3:.4g}) - the clock's reading on the bare SDK call"
+        f" {method / 1e3:.4g} us (quartiles {m_low / 1e3:.4g}..{m_high / 1e3:.4g}) = {(gross - method) / 1e3:.4g} us"
     )
-    bare = _cpu_batch(raw_call, 3) / 3
-    if not settings.quick:
-        check = paired_cpu(amsha_call, raw_call, settings)
-        bare = check.bare
-        log(f"  amsha, the same as a CPU difference to the bare SDK call (noisier): {check.describe()}")
+    own = paired_cpu(amsha_call, raw_call, settings, repeat=settings.pick(21, 9), target_ms=settings.pick(300, 60))
+    log(f"  amsha over the raw SDK, CPU ({unit_note}): {own.describe()}")
+    amsha, bare = own.overhead, own.bare
     figures = []
     for short, peer_name, peer_call in peers:
         peer = paired_cpu(peer_call, raw_call, settings)
@@ -294,17 +331,20 @@ def generate_overhead(settings: Settings) -> list[Figure]:
 
             assert lite().choices[0].message.content == expected
             peers.append(("litellm", "LiteLLM completion() over the raw SDK call", lite))
+        timed_raw = _raw(url)
         _, _, figures = _overhead_figures(
             "generate",
             provider,
             lambda: llm.generate(PROMPT),
             lambda: raw.chat.completions.create(model=MODEL, messages=MESSAGES),
+            (_Bare(timed_raw), lambda: timed_raw.chat.completions.create(model=MODEL, messages=MESSAGES)),
             peers,
             settings,
             "per call",
         )
         provider.close()
         raw.close()
+        timed_raw.close()
     if not figures:
         raise Skip("neither langchain-openai nor LiteLLM is installed: nothing to compare with")
     return figures
@@ -372,11 +412,13 @@ def stream_overhead(settings: Settings) -> list[Figure]:
                     lambda: _drain(lite()),
                 )
             )
+        timed_raw = _raw(url)
         amsha, bare, figures = _overhead_figures(
             "stream",
             provider,
             lambda: _drain(llm.stream(STREAM_PROMPT)),
             lambda: _drain(raw_stream(raw)),
+            (_Bare(timed_raw), lambda: _drain(raw_stream(timed_raw))),
             peers,
             settings,
             "per 100-chunk stream",
@@ -394,6 +436,7 @@ def stream_overhead(settings: Settings) -> list[Figure]:
         )
         provider.close()
         raw.close()
+        timed_raw.close()
 
     if settings.quick:
         log("  note: --quick leaves out openai.stream.keepalive_per_call")
