@@ -57,7 +57,7 @@ def _after_fork_in_child() -> None:
     global _exit_lock
     _exit_lock = threading.Lock()
     for channel in list(_live):
-        channel._reset_after_fork()
+        channel._fresh_thread_state()
     _live.clear()
 
 
@@ -110,14 +110,15 @@ class ObserverChannel:
         self.delivery_interval_s: float = DELIVERY_INTERVAL_S if delivery_interval_s is None else delivery_interval_s
         # A large backlog is handed over at once rather than at the end of the interval.
         self._batch_max = min(BATCH_MAX, queue_max)
-        self._flushing = 0  # threads waiting in flush(): the worker hands over at once
         self.errors: list[ObserverError] = []
         self.dropped = 0
-        self._queue: collections.deque[Event] = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
-        self._busy = False
         self._closed = False
-        self._thread: threading.Thread | None = None
+        self._queue: collections.deque[Event]
+        self._cond: threading.Condition
+        self._thread: threading.Thread | None
+        self._busy: bool
+        self._flushing: int  # threads waiting in flush(): the worker hands over at once
+        self._fresh_thread_state()
         self._broken_runs: set[str] = set()
         self._full_runs: set[str] = set()
         # An observer may name event kinds it ignores (e.g. ``llm.token``): those are never
@@ -153,7 +154,9 @@ class ObserverChannel:
                 # (or busy) and hands over when the interval ends, or now if the queue is large.
                 self._cond.notify_all()
 
-    def _reset_after_fork(self) -> None:
+    def _fresh_thread_state(self) -> None:
+        """The queue, lock and thread as a new channel has them (also in a forked child,
+        which has none of the parent's threads and maybe a lock held mid-fork)."""
         self._cond = threading.Condition(threading.Lock())
         self._queue = collections.deque()
         self._thread = None

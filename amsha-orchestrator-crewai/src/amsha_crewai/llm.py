@@ -188,6 +188,17 @@ class AmshaCrewLLM(BaseLLM):
                 ) from None
         return text
 
+    def _end(
+        self,
+        response: Any,
+        available_functions: dict[str, Any] | None,
+        response_model: type[BaseModel] | None,
+    ) -> Any:
+        """What both call forms do last: the after-hook, then the answer in CrewAI's terms."""
+        assert response is not None
+        self._hook(after=True)
+        return self._result(response, available_functions, response_model)
+
     def _begin(
         self,
         messages: str | list[dict[str, Any]],
@@ -219,10 +230,7 @@ class AmshaCrewLLM(BaseLLM):
         stream = llm.stream(msgs, **params)
         for _chunk in stream:
             pass
-        response = stream.response
-        assert response is not None
-        self._hook(after=True)
-        return self._result(response, available_functions, response_model)
+        return self._end(stream.response, available_functions, response_model)
 
     async def acall(
         self,
@@ -239,10 +247,7 @@ class AmshaCrewLLM(BaseLLM):
         stream = llm.astream(msgs, **params)
         async for _chunk in stream:
             pass
-        response = stream.response
-        assert response is not None
-        self._hook(after=True)
-        return self._result(response, available_functions, response_model)
+        return self._end(stream.response, available_functions, response_model)
 
     # CrewAI wraps a subclass's call/acall in its own rate-limit retry unless marked as
     # already wrapped. Amsha's LLM retries (once, by its policy); a second layer on top would
