@@ -52,6 +52,11 @@ _EXPORTS: dict[str, str] = {
     "StateSnapshot": "state",
     "RunRecord": "state",
     "RunStatus": "state",
+    "RunOwner": "state",
+    "RunControl": "state",
+    "RunControlStore": "state",
+    "CancelOutcome": "state",
+    "supports_run_control": "state",
     # events and metrics
     "Event": "events",
     "EventKind": "events",
@@ -63,6 +68,7 @@ _EXPORTS: dict[str, str] = {
     "AgentSpec": "config",
     "TaskSpec": "config",
     "RetryConfig": "config",
+    "RunsConfig": "config",
     "load_config": "config",
     # plugins
     "hookimpl": "hookspecs",
@@ -83,6 +89,7 @@ __all__ = [
     "BaseOrchestrator",
     "BaseProvider",
     "CallContext",
+    "CancelOutcome",
     "CallMetrics",
     "Event",
     "EventKind",
@@ -105,9 +112,13 @@ __all__ = [
     "ReplayProvider",
     "RetryConfig",
     "RunContext",
+    "RunControl",
+    "RunControlStore",
+    "RunOwner",
     "RunRecord",
     "RunResult",
     "RunStatus",
+    "RunsConfig",
     "StateSnapshot",
     "StateStore",
     "TaskScope",
@@ -122,6 +133,7 @@ __all__ = [
     "hookimpl",
     "load_config",
     "load_plugins",
+    "supports_run_control",
 ]
 
 
@@ -144,7 +156,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import errors
-    from .config import AgentSpec, AmshaConfig, RetryConfig, TaskSpec, load_config
+    from .config import AgentSpec, AmshaConfig, RetryConfig, RunsConfig, TaskSpec, load_config
     from .events import Event, EventKind, Observer
     from .handle import ExecutionHandle, ExecutionMode, RunResult
     from .hookspecs import PLUGIN_API_VERSION, hookimpl
@@ -169,4 +181,15 @@ if TYPE_CHECKING:
     from .replay import ReplayProvider
     from .secrets import get_secret
     from .session import ExecutionSession
-    from .state import ExecutionState, RunRecord, RunStatus, StateSnapshot, StateStore
+    from .state import (
+        CancelOutcome,
+        ExecutionState,
+        RunControl,
+        RunControlStore,
+        RunOwner,
+        RunRecord,
+        RunStatus,
+        StateSnapshot,
+        StateStore,
+        supports_run_control,
+    )

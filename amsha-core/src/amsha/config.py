@@ -25,6 +25,7 @@ __all__ = [
     "BackendConfig",
     "ProviderConfig",
     "RetryConfig",
+    "RunsConfig",
     "TaskSpec",
     "format_validation_error",
     "load_config",
@@ -131,6 +132,19 @@ class TaskSpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class RunsConfig(_Strict):
+    """How runs are controlled across processes (see "Where runs execute" in the README)."""
+
+    lease_s: float = Field(15.0, gt=0, le=3600, description="the owner's lease; renewed every lease_s / 3")
+    cancel_poll_s: float = Field(0.1, gt=0, le=60, description="how often the owner reads cancel requests")
+    tail_poll_max_s: float = Field(
+        0.25, gt=0, le=60, description="the longest pause between reads of a run's events when tailing the store"
+    )
+    event_flush_s: float = Field(
+        0.02, ge=0, le=60, description="the longest a streamed token waits before it is written to the store"
+    )
+
+
 class AmshaConfig(_Strict):
     """The whole config. Every section has a default, so ``{}`` is a valid config."""
 
@@ -144,6 +158,7 @@ class AmshaConfig(_Strict):
     pipeline: list[str] | None = None
     tools: dict[str, str] = Field(default_factory=dict, description="tool name -> 'module:callable'")
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    runs: RunsConfig = Field(default_factory=RunsConfig)
 
     @model_validator(mode="after")
     def _names_and_refs(self, info: ValidationInfo) -> AmshaConfig:

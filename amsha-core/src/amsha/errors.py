@@ -15,6 +15,7 @@ distribution, run id, task) and, where there is one, what to do about it::
     │   ├── VersionConflictError       optimistic concurrency: expected vs actual version
     │   ├── StateNotFoundError         no such state id or version
     │   ├── RunNotFoundError           no such run id in the store
+    │   ├── LeaseLostError             a run's owner lost its lease: the write was refused
     │   └── SchemaVersionError         a saved state or event of an unknown schema
     ├── ProviderError                  an LLM call failed; ``retryable`` says if a retry may help
     │   ├── AuthenticationError        401, not retryable
@@ -33,6 +34,8 @@ distribution, run id, task) and, where there is one, what to do about it::
         ├── RunCancelledError          the run was cancelled (``reason`` says why)
         ├── RunFailedError             a run ended in failure; ``cause`` is the original error
         ├── RunTimeoutError            ``result(timeout=...)`` expired; the run goes on
+        ├── RunLostError               the run's owner stopped renewing its lease (process
+        │                              died, machine paused): the run is LOST
         ├── InputError                 a ``{placeholder}`` had no input, or a task is unknown
         └── ReplayDivergenceError      a replayed run asked for an exchange the record lacks
 """
@@ -50,6 +53,7 @@ __all__ = [
     "DuplicatePluginError",
     "ExecutionError",
     "InputError",
+    "LeaseLostError",
     "NonJSONValueError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -63,6 +67,7 @@ __all__ = [
     "ReplayDivergenceError",
     "RunCancelledError",
     "RunFailedError",
+    "RunLostError",
     "RunNotFoundError",
     "RunTimeoutError",
     "SchemaVersionError",
@@ -223,6 +228,16 @@ class RunNotFoundError(StateError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class LeaseLostError(StateError):
+    """A run's owner no longer holds its lease (it expired, or another owner holds it): the
+    store refused the write and nothing was written. The owner stops the run without
+    writing; readers see it LOST."""
+
+    def __init__(self, run_id: str, detail: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id}: {detail}")
+
+
 class SchemaVersionError(StateError):
     """A saved state, event or record has a schema version this release cannot read."""
 
@@ -372,6 +387,40 @@ class RunFailedError(ExecutionError):
 
 class RunTimeoutError(ExecutionError, TimeoutError):
     """``result(timeout=...)`` expired before the run finished; the run is not cancelled."""
+
+
+class RunLostError(ExecutionError):
+    """The run is LOST: the process that owned it stopped renewing its lease (it died, or its
+    machine paused) before the run ended. ``owner`` (``{"id", "host", "pid"}``) and
+    ``heartbeat_at`` say who and when it was last heard of; ``result`` holds what was
+    recorded (outputs of finished tasks; the state's last snapshot stays loadable, so the
+    client may rerun from it: Amsha never resumes on its own)."""
+
+    result: Any = None
+
+    def __init__(
+        self, run_id: str, owner: dict[str, Any] | None = None, heartbeat_at: float | None = None
+    ) -> None:
+        import time
+
+        self.run_id = run_id
+        self.owner = owner
+        self.heartbeat_at = heartbeat_at
+        who = (
+            f"{owner.get('host')} pid {owner.get('pid')} (owner {str(owner.get('id', ''))[:8]})"
+            if owner
+            else "its owner"
+        )
+        when = (
+            f"; last heartbeat {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(heartbeat_at))}"
+            f" ({max(0.0, time.time() - heartbeat_at):.1f}s ago)"
+            if heartbeat_at
+            else ""
+        )
+        super().__init__(
+            f"run {run_id} is LOST: {who} stopped renewing its lease{when}; its last state snapshot "
+            f"is kept, rerun from it if you want"
+        )
 
 
 class InputError(ExecutionError, ValueError):

@@ -45,8 +45,13 @@ __all__ = [
     "hookspec",
 ]
 
-PLUGIN_API_VERSION = "1.0"
-"""The plugin API this core speaks: ``major.minor``. Plugins with another major are refused."""
+PLUGIN_API_VERSION = "1.1"
+"""The plugin API this core speaks: ``major.minor``. Plugins with another major are refused.
+
+1.1 added run control to the state store protocol (:class:`amsha.state.RunControlStore`:
+leases, cancel requests, fenced writes, optional ``wait_for_events``). Stores built for 1.0
+keep working; a feature that needs run control (cancel from another process, LOST) says so
+when it is used with one."""
 
 hookspec = pluggy.HookspecMarker("amsha")
 hookimpl = pluggy.HookimplMarker("amsha")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import socket
 import threading
 import time
 import uuid
@@ -22,12 +24,17 @@ from .errors import NonJSONValueError, SchemaVersionError, StateError
 
 __all__ = [
     "STATE_SCHEMA",
+    "CancelOutcome",
     "ExecutionState",
+    "RunControl",
+    "RunControlStore",
+    "RunOwner",
     "RunRecord",
     "RunStatus",
     "StateSnapshot",
     "StateStore",
     "check_json",
+    "supports_run_control",
 ]
 
 STATE_SCHEMA = 1
@@ -170,14 +177,21 @@ class ExecutionState:
 
 
 class RunStatus:
-    """The life of a run: PENDING -> RUNNING -> one of SUCCEEDED, FAILED, CANCELLED."""
+    """The life of a run: PENDING -> RUNNING -> one of SUCCEEDED, FAILED, CANCELLED, LOST.
+
+    ``LOST`` is never written by the run: a reader reports it for a PENDING or RUNNING run
+    whose owner's lease expired (the owning process died, or stopped renewing), see
+    :meth:`RunRecord.observed`. It is terminal: the run will not write again.
+    """
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
-    TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+    LOST = "LOST"
+    TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "LOST"})
+    ACTIVE = frozenset({"PENDING", "RUNNING"})
 
 
 @dataclass(slots=True)
@@ -192,9 +206,41 @@ class StateSnapshot:
     reason: str = ""
 
 
+@dataclass(slots=True, frozen=True)
+class RunOwner:
+    """The process executing a run: a random ``id`` (fresh for every run it executes), the
+    ``host`` name and the ``pid``."""
+
+    id: str
+    host: str
+    pid: int
+
+    @classmethod
+    def here(cls) -> RunOwner:
+        """A new owner for this process."""
+        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "host": self.host, "pid": self.pid}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunOwner:
+        return cls(str(data["id"]), str(data.get("host", "")), int(data.get("pid", 0)))
+
+    def __str__(self) -> str:
+        return f"{self.host} pid {self.pid} (owner {self.id[:8]})"
+
+
 @dataclass(slots=True)
 class RunRecord:
-    """What a store keeps about a run, so another process can attach to it and poll it."""
+    """What a store keeps about a run, so another process can attach to it and poll it.
+
+    The run-control fields (``owner``, ``heartbeat_at``, ``lease_expires_at``,
+    ``cancel_request``) are written only by :class:`RunControlStore` methods
+    (``claim_run``, ``renew_lease``, ``request_cancel``); :meth:`StateStore.put_run` keeps
+    the stored ones and ignores those of the record it is given. Times are ``time.time()``
+    of the reading process: a store whose clock is another machine's converts them.
+    """
 
     run_id: str
     status: str = RunStatus.PENDING
@@ -211,6 +257,14 @@ class RunRecord:
     started_at: float | None = None
     finished_at: float | None = None
     replay_of: str | None = None
+    owner: dict[str, Any] | None = None
+    """The process holding the lease (``RunOwner.to_dict()``), if the run was claimed."""
+    heartbeat_at: float | None = None
+    """When the owner last took or renewed its lease."""
+    lease_expires_at: float | None = None
+    """When the lease runs out unless renewed; past it, an active run is LOST."""
+    cancel_request: dict[str, Any] | None = None
+    """``{"reason", "at"}`` once someone asked the run to stop."""
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -219,6 +273,52 @@ class RunRecord:
     def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
         names = set(cls.__slots__)
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    def lost(self, now: float | None = None) -> bool:
+        """True when the run is PENDING or RUNNING but its owner's lease has expired."""
+        return (
+            self.status in RunStatus.ACTIVE
+            and self.lease_expires_at is not None
+            and (time.time() if now is None else now) > self.lease_expires_at
+        )
+
+    def observed(self, now: float | None = None) -> RunRecord:
+        """This record as a reader should report it: status ``LOST`` if :meth:`lost`."""
+        if not self.lost(now):
+            return self
+        seen = RunRecord.from_dict(self.to_dict())
+        seen.status = RunStatus.LOST
+        return seen
+
+
+class CancelOutcome:
+    """What :meth:`RunControlStore.request_cancel` did."""
+
+    REQUESTED = "requested"
+    """The run has an owner: it was asked to stop, and records CANCELLED when it has."""
+    CANCELLED = "cancelled"
+    """The run had not started (PENDING, no owner): it is now CANCELLED and will never start."""
+    ENDED = "ended"
+    """The run had already ended (SUCCEEDED, FAILED or CANCELLED): nothing changed."""
+    LOST = "lost"
+    """The run's owner's lease had expired: nothing changed; the run is LOST."""
+
+
+@dataclass(slots=True)
+class RunControl:
+    """A run's control fields as one read of the store sees them."""
+
+    run_id: str
+    status: str
+    owner: dict[str, Any] | None = None
+    heartbeat_at: float | None = None
+    lease_expires_at: float | None = None
+    cancel_request: dict[str, Any] | None = None
+
+    @property
+    def cancel_reason(self) -> str | None:
+        """The reason of the pending cancel request, or None."""
+        return None if self.cancel_request is None else str(self.cancel_request.get("reason") or "cancelled")
 
 
 @runtime_checkable
@@ -276,3 +376,77 @@ class StateStore(Protocol):
     def close(self) -> None:
         """Release resources."""
         ...
+
+
+@runtime_checkable
+class RunControlStore(StateStore, Protocol):
+    """A :class:`StateStore` that also keeps run control (plugin API 1.1): leases, cancel
+    requests and fenced writes. The store is the control plane of runs that execute in
+    another process or on another machine: no broker, no server.
+
+    * **Lease.** The process executing a run holds a lease on it (:meth:`claim_run`) and
+      renews it from the run's own loop every ``lease_s / 3`` (:meth:`renew_lease`). A
+      PENDING or RUNNING run whose lease expired is LOST for every reader
+      (:meth:`RunRecord.observed`); its owner, if it comes back, finds the lease gone.
+    * **Fencing.** ``put_run``, ``append_events`` and ``put_state`` accept an ``owner``
+      keyword (an owner id). Given one, the write happens only if that owner holds an
+      unexpired lease on the run (for ``put_state``: on its ``run_id``), checked in the
+      same transaction; otherwise :class:`~amsha.errors.LeaseLostError` and nothing is
+      written. A stale owner can never overwrite the record, events or state.
+    * **Cancel requests.** :meth:`request_cancel` records one; the owner reads it with
+      :meth:`read_control` (every ``cancel_poll_s``) or on renewal, and stops.
+    * ``put_run`` keeps the stored control fields: a record's ``owner``,
+      ``heartbeat_at``, ``lease_expires_at`` and ``cancel_request`` are written only by
+      the methods below. ``get_run`` and ``list_runs`` return them.
+
+    Optional: ``wait_for_events(run_id, from_seq, timeout_s) -> list[dict]`` blocks until
+    the run has events with ``seq >= from_seq`` (returning them) or ``timeout_s`` passes
+    (returning ``[]``). A store with notifications (PostgreSQL's LISTEN/NOTIFY) implements
+    it; without it, readers poll :meth:`read_events` with an adaptive interval.
+
+    ``amsha.testing.StateStoreContract`` checks all of this.
+    """
+
+    def claim_run(self, record: RunRecord, owner: RunOwner, lease_s: float) -> RunControl:
+        """Write ``record`` (create or replace) and give ``owner`` the lease on it, expiring
+        ``lease_s`` seconds from now, in one transaction; returns the control fields (a cancel
+        request made before the claim is kept and returned).
+
+        Raises :class:`~amsha.errors.LeaseLostError`, writing nothing, when the stored run
+        has already ended (a terminal status), when another owner holds an unexpired lease,
+        or when any lease on it has expired (the run is LOST; it is never claimed again).
+        The same owner may claim again (PENDING, then RUNNING).
+        """
+        ...
+
+    def renew_lease(self, run_id: str, owner_id: str, lease_s: float) -> RunControl:
+        """Extend the lease of ``owner_id`` to ``lease_s`` seconds from now and set
+        ``heartbeat_at``; returns the control fields (with any cancel request). Raises
+        :class:`~amsha.errors.LeaseLostError` if that owner does not hold an unexpired lease,
+        or the run has ended; :class:`~amsha.errors.RunNotFoundError` if there is no run."""
+        ...
+
+    def read_control(self, run_id: str) -> RunControl:
+        """The run's status and control fields, read cheaply (no events, no body decoding if
+        the store can avoid it). :class:`~amsha.errors.RunNotFoundError` if absent."""
+        ...
+
+    def request_cancel(self, run_id: str, reason: str) -> str:
+        """Ask the run to stop; returns a :class:`CancelOutcome` value.
+
+        ``requested``: the run is owned and active; the request (``{"reason", "at"}``) is
+        recorded (a second request keeps the first). ``cancelled``: the run was PENDING with
+        no owner (queued on an executor); it is recorded CANCELLED (status, ``error``
+        ``{"type": "RunCancelledError", "message": reason}``, ``finished_at``) and a later
+        :meth:`claim_run` fails. ``ended``: already terminal; nothing changes. ``lost``: the
+        lease expired; nothing changes. :class:`~amsha.errors.RunNotFoundError` if absent.
+        """
+        ...
+
+
+RUN_CONTROL_METHODS = ("claim_run", "renew_lease", "read_control", "request_cancel")
+
+
+def supports_run_control(store: object) -> bool:
+    """True when ``store`` implements :class:`RunControlStore` (plugin API 1.1)."""
+    return all(callable(getattr(store, name, None)) for name in RUN_CONTROL_METHODS)
