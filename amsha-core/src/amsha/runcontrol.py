@@ -57,8 +57,10 @@ __all__ = [
     "check_claim",
     "check_fence",
     "lost_error",
+    "record_body",
     "require_run_control",
     "tail",
+    "with_control",
 ]
 
 log = logging.getLogger("amsha")
@@ -142,6 +144,22 @@ def cancelled_before_start(record: RunRecord, reason: str, now: float) -> RunRec
     record.status = RunStatus.CANCELLED
     record.error = {"type": "RunCancelledError", "message": reason}
     record.finished_at = now
+    return record
+
+
+def record_body(data: dict[str, Any]) -> dict[str, Any]:
+    """A record's ``to_dict()`` without the run-control fields, which a store keeps apart
+    (``put_run`` never writes them)."""
+    return {k: (None if k in CONTROL_FIELDS else v) for k, v in data.items()}
+
+
+def with_control(record: RunRecord, control: RunControl | None) -> RunRecord:
+    """``record`` with the stored control fields set (``get_run``/``list_runs``)."""
+    if control is not None:
+        record.owner = dict(control.owner) if control.owner else None
+        record.heartbeat_at = control.heartbeat_at
+        record.lease_expires_at = control.lease_expires_at
+        record.cancel_request = dict(control.cancel_request) if control.cancel_request else None
     return record
 
 

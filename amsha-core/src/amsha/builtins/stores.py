@@ -28,7 +28,15 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import LeaseLostError, RunNotFoundError, StateError, StateNotFoundError, VersionConflictError
 from ..plugins import BackendContext
-from ..runcontrol import CONTROL_FIELDS, ENDED, cancel_outcome, cancelled_before_start, check_claim, check_fence
+from ..runcontrol import (
+    ENDED,
+    cancel_outcome,
+    cancelled_before_start,
+    check_claim,
+    check_fence,
+    record_body,
+    with_control,
+)
 from ..secrets import redact_obj
 from ..state import CancelOutcome, RunControl, RunOwner, RunRecord, StateSnapshot
 
@@ -105,7 +113,7 @@ class MemoryStore:
 
     def _out(self, record: RunRecord) -> RunRecord:
         out = RunRecord.from_dict(copy.deepcopy(record.to_dict()))
-        return _with_control(out, self._control.get(record.run_id))
+        return with_control(out, self._control.get(record.run_id))
 
     def get_run(self, run_id: str) -> RunRecord:
         with self._lock:
@@ -421,7 +429,7 @@ class FileStore:
             self._put_body(record)
 
     def get_run(self, run_id: str) -> RunRecord:
-        return _with_control(self._stored(run_id), self._read_control(run_id))
+        return with_control(self._stored(run_id), self._read_control(run_id))
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         records = []
@@ -432,7 +440,7 @@ class FileStore:
                 continue
             records.append(record)
         records.sort(key=lambda r: r.created_at, reverse=True)
-        return [_with_control(r, self._read_control(r.run_id)) for r in records[:limit]]
+        return [with_control(r, self._read_control(r.run_id)) for r in records[:limit]]
 
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]], *, owner: str | None = None) -> None:
         if not events:
@@ -478,21 +486,7 @@ class FileStore:
 
 
 def _body(record: RunRecord) -> RunRecord:
-    """A private copy of ``record`` without the run-control fields (stores keep those apart,
-    written only by the run-control methods)."""
-    data = copy.deepcopy(redact_obj(record.to_dict()))
-    for name in CONTROL_FIELDS:
-        data[name] = None
-    return RunRecord.from_dict(data)
-
-
-def _with_control(record: RunRecord, control: RunControl | None) -> RunRecord:
-    if control is not None:
-        record.owner = copy.deepcopy(control.owner)
-        record.heartbeat_at = control.heartbeat_at
-        record.lease_expires_at = control.lease_expires_at
-        record.cancel_request = copy.deepcopy(control.cancel_request)
-    return record
+    return RunRecord.from_dict(copy.deepcopy(record_body(redact_obj(record.to_dict()))))
 
 
 def build_memory(ctx: BackendContext) -> MemoryStore:
