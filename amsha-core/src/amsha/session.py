@@ -375,6 +375,19 @@ class ExecutionSession:
         now = time.time()
         return [record.observed(now) for record in self.store.list_runs(limit)]
 
+    def cancel_run(self, run_id: str, reason: str = "cancelled by the client") -> str:
+        """Cancel a run by id, wherever it executes; returns what happened, a
+        :class:`~amsha.CancelOutcome` value: ``requested`` (its owner stops it within
+        ``runs.cancel_poll_s``), ``cancelled`` (it had not started: it never will), ``ended``
+        (it had already ended: nothing changed) or ``lost``. :class:`RunNotFoundError` if the
+        store has no such run; a store without run control raises :class:`StateError`."""
+        local = self._runs.get(run_id)
+        if local is not None and local.remote is None:
+            return CancelOutcome.REQUESTED if local.cancel(reason) else CancelOutcome.ENDED
+        if local is not None and local.remote is not None:
+            return local.remote.cancel(reason)
+        return StoreRun(self.store, run_id).cancel(reason)
+
     def get_run(self, run_id: str) -> RunRecord:
         """The record of ``run_id`` as a reader reports it (LOST applied);
         :class:`RunNotFoundError` if the store has no such run."""
