@@ -40,7 +40,7 @@ from ray_executor import RayExecutor  # noqa: E402  (the example's adapter, test
 KEY_ENV = "AMSHA_RUN_CONTROL_TEST_KEY"
 # Worker processes (spawned pools, Dask's and Ray's) inherit the environment when they start.
 os.environ[KEY_ENV] = "sk-run-control-test"
-LEASE_S = 3.0
+LEASE_S = 4.0
 WORDS = [f"w{i} " for i in range(12)]
 EXECUTORS = ["thread", "process", "dask", "ray"]
 STORES = ["file", "sqlite"]

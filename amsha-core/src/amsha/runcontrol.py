@@ -210,13 +210,25 @@ class OwnerLease:
         cancelled = False
         renew_every = self.lease_s / 3
         self._wake = asyncio.Event()
+        warned = False
         while not self._stopped:
+            slept = time.monotonic()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.cancel_poll_s)
             except TimeoutError:
                 pass
             if self._stopped:
                 return
+            held = time.monotonic() - slept - self.cancel_poll_s
+            if held > self.lease_s / 3 and not warned:
+                warned = True  # the loop is the lease's clock: say so before it costs the run
+                log.warning(
+                    "amsha: run %s: its event loop was held for %.1fs (by blocking code on the loop, or a "
+                    "starved machine); the lease (runs.lease_s %gs) is lost if it is held for longer",
+                    self.run_id,
+                    held,
+                    self.lease_s,
+                )
             try:
                 if time.monotonic() - self.renewed_at >= renew_every:
                     control = await _call(self.store, self.store.renew_lease, self.run_id, self.owner.id, self.lease_s)

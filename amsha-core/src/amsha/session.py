@@ -677,7 +677,7 @@ class _Run:
                     **({"links": self.links} if self.links else {}),
                 },
             )
-            await asyncio.to_thread(self._put_record)
+            await _finish_then_cancel(asyncio.to_thread(self._put_record))
             if self.lease is not None:
                 self._watch = asyncio.ensure_future(self.lease.watch(self.cancel, self._lose))
             # Providers import their SDKs when first built: do it off the loop, so the loop
@@ -897,6 +897,18 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             return {"claimed": False, "reason": str(exc)}
         _loop.run_sync(run.execute())
         return {"claimed": True, "status": run.status}
+
+
+async def _finish_then_cancel(write: Any) -> None:
+    """Await a store write running in a worker thread; if the run is cancelled meanwhile, let
+    the write finish first (a thread cannot be stopped: a RUNNING record written after the
+    CANCELLED one would win), then let the cancellation through."""
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.gather(task, return_exceptions=True)
+        raise
 
 
 def _elsewhere(executor: concurrent.futures.Executor | None) -> bool:
