@@ -56,7 +56,7 @@ def _config(folder: Path, **extra: Any) -> dict[str, Any]:
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 @benchmark("runs.worker.stream_lag_p50", "runs.worker.stream_lag_p99")
@@ -64,18 +64,21 @@ def stream_lag(settings: Settings) -> list[Figure]:
     from amsha import ExecutionSession
 
     lags: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ProcessPoolExecutor(
-        1, mp_context=multiprocessing.get_context("spawn")
-    ) as pool:
-        with ExecutionSession(_config(Path(tmp)), executor=pool) as session:
-            session.run(inputs={"n": "warm-up"}, mode="background").result(timeout=120)
-            for i in range(settings.pick(8, 2)):
-                handle = session.run(inputs={"n": str(i)}, mode="background")
-                for event in handle.stream(kinds=("llm.token",)):
-                    lags.append(time.time() - event.ts)
-                handle.result(timeout=60)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool,
+        ExecutionSession(_config(Path(tmp)), executor=pool) as session,
+    ):
+        session.run(inputs={"n": "warm-up"}, mode="background").result(timeout=120)
+        for i in range(settings.pick(8, 2)):
+            handle = session.run(inputs={"n": str(i)}, mode="background")
+            for event in handle.stream(kinds=("llm.token",)):
+                lags.append(time.time() - event.ts)
+            handle.result(timeout=60)
     p50, p99 = _percentile(lags, 0.5) * 1e3, _percentile(lags, 0.99) * 1e3
-    log(f"  {len(lags)} tokens from a process-pool worker: lag p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(lags) * 1e3:.1f} ms")
+    log(
+        f"  {len(lags)} tokens from a process-pool worker: lag p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(lags) * 1e3:.1f} ms"
+    )
     return [
         Figure("runs.worker.stream_lag_p50", p50, 50.0, "goal: p50 <= 50 ms", "ms", 1.0),
         Figure("runs.worker.stream_lag_p99", p99, 250.0, "goal: p99 <= 250 ms", "ms", 1.0),
@@ -119,7 +122,9 @@ def cancel_cross_process(settings: Settings) -> list[Figure]:
                 except RunCancelledError:
                     pass
     p99 = _percentile(took, 0.99) * 1e3
-    log(f"  cancel -> worker's HTTP stream closed, {len(took)} runs: median {statistics.median(took) * 1e3:.0f} ms, p99 {p99:.0f} ms")
+    log(
+        f"  cancel -> worker's HTTP stream closed, {len(took)} runs: median {statistics.median(took) * 1e3:.0f} ms, p99 {p99:.0f} ms"
+    )
     return [Figure("runs.cancel.cross_process_p99", p99, 500.0, "goal: p99 <= 500 ms", "ms", 1.0)]
 
 
@@ -152,12 +157,10 @@ def lost_detection(settings: Settings) -> list[Figure]:
 
 def _bare_call(n: int) -> int:
     """What the peer does per run: the two tasks' LLM calls, straight on the provider."""
-    from amsha.builtins.scripted import ScriptedProvider, ScriptedOptions
+    from amsha.builtins.scripted import ScriptedOptions, ScriptedProvider
     from amsha.provider import LLMRequest, Message
 
-    provider = ScriptedProvider(
-        ScriptedOptions(token_delay_s=0.02, first_token_delay_s=0.02, default="".join(TOKENS))
-    )
+    provider = ScriptedProvider(ScriptedOptions(token_delay_s=0.02, first_token_delay_s=0.02, default="".join(TOKENS)))
     count = 0
     for task in ("first", "second"):
         request = LLMRequest(messages=[Message("user", f"{task} {n}")])

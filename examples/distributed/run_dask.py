@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from distributed import Client, LocalCluster
-
 from amsha import ExecutionSession
 from amsha.errors import RunCancelledError
+from distributed import Client, LocalCluster
 
 HERE = Path(__file__).resolve().parent
 

@@ -29,9 +29,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import LeaseLostError, RunLostError, RunTimeoutError, StateError
+
+if TYPE_CHECKING:
+    from .handle import RunResult
 from .events import TERMINAL_KINDS, Event
 from .metrics import AmshaMetrics, MetricsCollector
 from .state import (
@@ -124,7 +127,8 @@ def check_fence(run_id: str, control: RunControl | None, owner_id: str, now: flo
         raise LeaseLostError(run_id, f"this process (owner {owner_id[:8]}) does not hold the run's lease{holder}")
     if now > control.lease_expires_at:
         raise LeaseLostError(
-            run_id, f"the lease of owner {owner_id[:8]} expired {now - control.lease_expires_at:.1f}s ago: the run is LOST"
+            run_id,
+            f"the lease of owner {owner_id[:8]} expired {now - control.lease_expires_at:.1f}s ago: the run is LOST",
         )
 
 
@@ -399,7 +403,7 @@ class StoreRun:
         """The run's record as a reader reports it (LOST applied); cached once it ended."""
         if self._final is not None:
             return self._final
-        record = self.store.get_run(self.run_id).observed()
+        record: RunRecord = self.store.get_run(self.run_id).observed()
         if record.status in RunStatus.TERMINAL:
             self._final = record
         return record
@@ -461,7 +465,7 @@ class StoreRun:
         """Async twin of :meth:`wait`."""
         return await asyncio.to_thread(self.wait, timeout)
 
-    def result(self, record: RunRecord) -> Any:
+    def result(self, record: RunRecord) -> RunResult:
         """The :class:`~amsha.RunResult` of an ended run (raising as a local run would)."""
         from .handle import RunResult, raise_for
 
@@ -471,7 +475,7 @@ class StoreRun:
             if self.local_state is not None and self.local_state.version < state.version:
                 # The client's own state object: make it what the worker left.
                 local = self.local_state
-                for key in local.keys():
+                for key in local.keys():  # noqa: SIM118 (a list: deleting while iterating)
                     if key not in state:
                         del local[key]
                 local.update(state.to_dict())
