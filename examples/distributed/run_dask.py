@@ -39,16 +39,16 @@ def main() -> None:
         topics = ["tide pools", "kelp", "owls", "lichen", "moss", "salt marsh"][: max(2, args.runs)]
         handles = [session.run(inputs={"topic": t}, mode="background", executor=executor) for t in topics]
 
-        print(f"streaming {handles[0].run_id} live from its worker:")
-        for token in handles[0].stream_text():
-            print(token, end="", flush=True)
-        print()
-
-        victim = handles[1]
+        victim = handles[-1]
         for event in victim.stream():
             if event.kind == "llm.token":  # it has started on a worker: stop it from here
                 print(f"cancel {victim.run_id}: {victim.cancel('not needed after all')}")
                 break
+
+        print(f"streaming {handles[0].run_id} from its worker:")
+        for token in handles[0].stream_text():
+            print(token, end="", flush=True)
+        print()
         for handle in handles:
             try:
                 result = handle.result(timeout=120)

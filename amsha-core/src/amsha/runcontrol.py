@@ -435,6 +435,8 @@ class StoreRun:
         """The worker's future ended: if it never claimed the run (it failed before starting,
         or the executor dropped it), record the failure so the run does not stay PENDING."""
         assert self.future is not None
+        if self.future.cancelled():
+            return  # the executor dropped it: if it was never claimed, request_cancel settles it
         exc = self.future.exception()
         outcome = None if exc is not None else self.future.result()
         if exc is None and (not isinstance(outcome, dict) or outcome.get("claimed", True)):
@@ -507,10 +509,10 @@ class StoreRun:
     # ---- cancel ------------------------------------------------------------------------------
 
     def cancel(self, reason: str) -> str:
-        """Record a cancel request in the store; returns a :class:`CancelOutcome` value. A run
-        still queued on the executor is also taken off its queue when the executor can."""
-        if self.future is not None and not self.future.done():
-            self.future.cancel()  # frees a queue slot; the store decides what the run does
+        """Record a cancel request in the store; returns a :class:`CancelOutcome` value. The
+        executor's future is left alone: executors differ in what cancelling a running task
+        means (Dask's returns True and lets the task go on); the store decides for every one
+        of them, and a queued run that a worker picks up later finds itself CANCELLED."""
         require_run_control(self.store, f"cancelling run {self.run_id} from another process")
         outcome: str = self.store.request_cancel(self.run_id, reason)
         if outcome in (CancelOutcome.CANCELLED, CancelOutcome.ENDED, CancelOutcome.LOST):
