@@ -237,6 +237,9 @@ class OwnerLease:
                 if time.monotonic() - self.renewed_at >= renew_every:
                     control = await _call(self.store, self.store.renew_lease, self.run_id, self.owner.id, self.lease_s)
                     self.renewed_at = time.monotonic()
+                elif getattr(self.store, "cheap_control_reads", False):
+                    # A read the store promises is quick (a local index lookup): no thread hop.
+                    control = self.store.read_control(self.run_id)
                 else:
                     control = await _call(self.store, self.store.read_control, self.run_id)
             except LeaseLostError as exc:

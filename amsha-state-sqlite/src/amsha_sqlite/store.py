@@ -360,6 +360,10 @@ class SqliteStore:
     SQLite database, and :class:`~amsha.errors.SchemaVersionError` if a newer release wrote it.
     """
 
+    cheap_control_reads = True
+    """``read_control`` is one indexed read of a local file that a writer never blocks (WAL):
+    a run's owner polls it from its event loop without a thread hop."""
+
     def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 30.0, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
         if str(path) in ("", ":memory:") or str(path).startswith("file:"):
