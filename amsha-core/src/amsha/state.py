@@ -407,6 +407,11 @@ class RunControlStore(StateStore, Protocol):
     enough (a local index lookup that writers never block) for the owner to call it from its
     event loop every ``cancel_poll_s`` without a thread hop.
 
+    Optional: ``append_events_batch([(run_id, events, owner), ...]) -> {run_id:
+    LeaseLostError}`` appends the events of several runs in one transaction (each run fenced
+    by its owner; the refused runs are returned, the others written). The runs of one event
+    loop then share one write every ``runs.event_flush_s``, however many stream at once.
+
     Optional: ``wait_for_events(run_id, from_seq, timeout_s) -> list[dict]`` blocks until
     the run has events with ``seq >= from_seq`` (returning them) or ``timeout_s`` passes
     (returning ``[]``). A store with notifications (PostgreSQL's LISTEN/NOTIFY) implements

@@ -157,6 +157,10 @@ _RUN_SQL = (
     "SELECT r.body, c.owner, c.heartbeat_at, c.lease_expires_at, c.cancel_request FROM runs r "
     "LEFT JOIN run_control c ON c.run_id = r.run_id"
 )
+_READ_CONTROL_SQL = (
+    "SELECT r.status, c.owner, c.heartbeat_at, c.lease_expires_at, c.cancel_request FROM runs r "
+    "LEFT JOIN run_control c ON c.run_id = r.run_id WHERE r.run_id = ?"
+)
 _CONTROL_SQL = "SELECT owner, heartbeat_at, lease_expires_at, cancel_request FROM run_control WHERE run_id = ?"
 
 _LATEST_SQL = (
@@ -855,10 +859,22 @@ class SqliteStore:
         return control
 
     def read_control(self, run_id: str) -> RunControl:
-        """The run's status and control fields, in one short read."""
-        with self._read(f"read_control({run_id!r})") as conn:
-            status = self._existing(conn, run_id)
-            return self._control(conn, run_id, status) or RunControl(run_id, status)
+        """The run's status and control fields, in one statement (a consistent read)."""
+        try:
+            row = self._conn().execute(_READ_CONTROL_SQL, (run_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(f"read_control({run_id!r})", exc) from None
+        if row is None:
+            raise RunNotFoundError(f"no run {run_id!r} in {self.path}")
+        status, owner, heartbeat_at, lease_expires_at, cancel_request = row
+        return RunControl(
+            run_id,
+            str(status),
+            _decode(owner) if owner is not None else None,
+            heartbeat_at,
+            lease_expires_at,
+            _decode(cancel_request) if cancel_request is not None else None,
+        )
 
     def request_cancel(self, run_id: str, reason: str) -> str:
         """Ask the run to stop (see :class:`~amsha.RunControlStore`); a :class:`~amsha.CancelOutcome` value."""
@@ -907,6 +923,35 @@ class SqliteStore:
                     f"events are append-only, nothing of this batch was written"
                 ) from None
             raise
+
+    def append_events_batch(
+        self, batches: Sequence[tuple[str, Sequence[dict[str, Any]], str | None]]
+    ) -> dict[str, LeaseLostError]:
+        """Append the events of several runs (``(run_id, events, owner)``) in one transaction,
+        each run's fenced by its owner as :meth:`append_events` does. Returns the runs whose
+        owner no longer holds the lease (their events are not written, the others' are); an
+        overlap with stored events raises :class:`~amsha.errors.StateError` and nothing of the
+        batch is written."""
+        prepared = []
+        for run_id, events, owner in batches:
+            rows = []
+            for event in events:
+                seq = event.get("seq")
+                if not isinstance(seq, int):
+                    raise StateError(f"run {run_id!r}: an event without an integer 'seq' cannot be stored")
+                rows.append((run_id, seq, _encode(redact_obj(event))))
+            prepared.append((run_id, rows, owner))
+        refused: dict[str, LeaseLostError] = {}
+        with self._write(f"append_events_batch({len(prepared)} runs)") as conn:
+            for run_id, rows, owner in prepared:
+                if owner is not None:
+                    try:
+                        self._fence(conn, run_id, owner)
+                    except LeaseLostError as exc:
+                        refused[run_id] = exc
+                        continue
+                conn.executemany("INSERT INTO events (run_id, seq, body) VALUES (?, ?, ?)", rows)
+        return refused
 
     def read_events(self, run_id: str, from_seq: int = 0) -> list[dict[str, Any]]:
         """The run's events with ``seq >= from_seq``, in order."""
