@@ -15,7 +15,7 @@ import pytest
 import amsha.plugins as plugins_module
 from amsha import cli, load_plugins
 
-SETUP_MODULE = '''
+SETUP_MODULE = """
 def setup(parser):
     parser.add_argument("--name", default="world")
     parser.add_argument("--code", type=int, default=0)
@@ -30,9 +30,9 @@ def setup(parser):
 
 def broken_setup(parser):
     raise RuntimeError("setup exploded")
-'''
+"""
 
-PLUGIN_MODULE = '''
+PLUGIN_MODULE = """
 from amsha import hookimpl
 
 AMSHA_PLUGIN_API = "1.1"
@@ -41,7 +41,7 @@ AMSHA_PLUGIN_API = "1.1"
 @hookimpl
 def amsha_register_commands(register):
 {body}
-'''
+"""
 
 
 def _install(root: Path, dist: str, module: str, body: str) -> None:

@@ -55,7 +55,7 @@ from typing import Any, NamedTuple
 from amsha.errors import RunNotFoundError, SchemaVersionError, StateError, StateNotFoundError, VersionConflictError
 from amsha.plugins import BackendContext
 from amsha.secrets import redact_obj
-from amsha.state import RunRecord, StateSnapshot, check_json
+from amsha.state import RunPage, RunRecord, RunStatus, StateSnapshot, check_json, run_matches
 
 __all__ = ["MAX_DEPTH", "SCHEMA_VERSION", "SqliteStore", "build"]
 
@@ -672,6 +672,58 @@ class SqliteStore:
                 "SELECT body FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?", (int(limit),)
             ).fetchall()
         return [RunRecord.from_dict(_decode(body)) for (body,) in rows]
+
+    def list_runs_page(
+        self, limit: int, *, before: str | None = None, status: str | None = None, text: str | None = None
+    ) -> RunPage:
+        """A page of runs, newest first, filtered (:class:`~amsha.state.RunPageStore`).
+
+        Walks the ``created_at`` index from the cursor (``"created_at|rowid"``), a batch at a
+        time, decoding only the rows the filters keep: the status is matched in SQL (LOST is a
+        PENDING or RUNNING row whose lease expired, checked on the decoded record), and text
+        made of plain ASCII is looked for in the row's JSON first, then matched exactly."""
+        if limit < 1:
+            raise StateError(f"list_runs_page: limit must be at least 1, got {limit}")
+        at, rowid = float("inf"), 0
+        if before:
+            head, _, tail = before.partition("|")
+            try:
+                at, rowid = float(head), int(tail)
+            except ValueError:
+                raise StateError(f"list_runs_page: {before!r} is not a cursor this store returned") from None
+        where, args = [], []
+        if status:
+            stored = RunStatus.ACTIVE if status in (RunStatus.LOST, RunStatus.RUNNING) else {status}
+            where.append(f"status IN ({', '.join('?' * len(stored))})")
+            args.extend(sorted(stored))
+        needle = (text or "").lower()
+        if needle and needle.isascii() and needle.isprintable() and '"' not in needle and "\\" not in needle:
+            where.append("instr(lower(CAST(body AS TEXT)), ?) > 0")
+            args.append(needle)
+        sql = (
+            "SELECT rowid, created_at, body FROM runs WHERE (created_at < ? OR (created_at = ? AND rowid < ?))"
+            + "".join(f" AND {w}" for w in where)
+            + " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        )
+        batch = max(2 * limit, 64)
+        now = time.time()
+        out: list[RunRecord] = []
+        last: tuple[float, int] | None = None
+        while True:
+            with self._read("list_runs_page") as conn:
+                rows = conn.execute(sql, (at, at, rowid, *args, batch)).fetchall()
+            for row_id, created_at, body in rows:
+                at, rowid = created_at, row_id
+                record = RunRecord.from_dict(_decode(body)).observed(now)
+                if not run_matches(record, status, text):
+                    continue
+                if len(out) == limit:
+                    assert last is not None
+                    return RunPage(out, f"{last[0]!r}|{last[1]}")
+                out.append(record)
+                last = (created_at, row_id)
+            if len(rows) < batch:
+                return RunPage(out, None)
 
     # ---- events -----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import RunNotFoundError, StateError, StateNotFoundError, VersionConflictError
 from ..plugins import BackendContext
 from ..secrets import redact_obj
-from ..state import RunRecord, StateSnapshot
+from ..state import RunPage, RunRecord, StateSnapshot, page_of_runs
 
 __all__ = ["FileStore", "FileStoreOptions", "MemoryStore"]
 
@@ -88,6 +88,16 @@ class MemoryStore:
         with self._lock:
             records = sorted(self._runs.values(), key=lambda r: r.created_at, reverse=True)[:limit]
             return [RunRecord.from_dict(copy.deepcopy(r.to_dict())) for r in records]
+
+    def list_runs_page(
+        self, limit: int, *, before: str | None = None, status: str | None = None, text: str | None = None
+    ) -> RunPage:
+        """A page of runs, newest first, filtered (:class:`~amsha.state.RunPageStore`)."""
+        with self._lock:
+            records = list(self._runs.values())
+        page = page_of_runs(records, limit, before=before, status=status, text=text)
+        page.runs = [RunRecord.from_dict(copy.deepcopy(r.to_dict())) for r in page.runs]
+        return page
 
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
         with self._lock:
@@ -224,6 +234,39 @@ class FileStore:
                 continue
         records.sort(key=lambda r: r.created_at, reverse=True)
         return records[:limit]
+
+    def list_runs_page(
+        self, limit: int, *, before: str | None = None, status: str | None = None, text: str | None = None
+    ) -> RunPage:
+        """A page of runs, newest first, filtered (:class:`~amsha.state.RunPageStore`).
+
+        Every record file is looked at (``stat``), but one is parsed again only when it
+        changed since this store object last read it, so a browser refreshing its page of
+        ten thousand runs reads only what changed."""
+        cache: dict[str, tuple[tuple[int, int, int], RunRecord]] = self.__dict__.setdefault("_page_cache", {})
+        records: list[RunRecord] = []
+        seen: set[str] = set()
+        with os.scandir(self.root / "runs") as entries:
+            for entry in entries:
+                if not entry.name.endswith(".json") or entry.name.startswith("."):
+                    continue
+                try:
+                    st = entry.stat()
+                    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a replaced record is a new file
+                    hit = cache.get(entry.name)
+                    if hit is None or hit[0] != stamp:
+                        with open(entry.path, encoding="utf-8") as fh:
+                            hit = (stamp, RunRecord.from_dict(json.load(fh)))
+                        cache[entry.name] = hit
+                except (OSError, ValueError):
+                    continue
+                seen.add(entry.name)
+                records.append(hit[1])
+        for gone in set(cache) - seen:
+            cache.pop(gone, None)
+        page = page_of_runs(records, limit, before=before, status=status, text=text)
+        page.runs = [RunRecord.from_dict(copy.deepcopy(r.to_dict())) for r in page.runs]
+        return page
 
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
         if not events:
