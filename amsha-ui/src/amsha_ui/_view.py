@@ -335,7 +335,7 @@ def bar_chart(
     n = len(labels)
     k = max(len(series), 1)
     width = max(320, min(1200, 40 + n * (10 + 12 * k)))
-    top, bottom, left = 22, 18, 44
+    top, bottom, left = 34, 18, 62
     values = [v for _, vs in series for v in vs if v is not None and math.isfinite(v)]
     vmax = max(values) if values else 0.0
     vmax = vmax if vmax > 0 else 1.0
@@ -345,7 +345,7 @@ def bar_chart(
     parts = [
         f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'aria-label="{escape(title)}">',
-        f'<text class="chart-title" x="{left}" y="14">{escape(title)}</text>',
+        f'<text class="chart-title" x="6" y="14">{escape(title)}</text>',
         f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{width - 4}" y2="{top + plot_h}"/>',
         f'<text class="tick" x="{left - 4}" y="{top + 4}" text-anchor="end">{escape(_num(vmax))}</text>',
         f'<text class="tick" x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>',
@@ -364,10 +364,10 @@ def bar_chart(
                 f'height="{h:.1f}"><title>{escape(tip)}</title></rect>'
             )
     if len(series) > 1:
-        lx = left + 120
+        lx = left
         for j, (name, _) in enumerate(series):
-            parts.append(f'<rect class="bar s{j}" x="{lx}" y="6" width="10" height="10"/>')
-            parts.append(f'<text class="tick" x="{lx + 14}" y="15">{escape(name)}</text>')
+            parts.append(f'<rect class="bar s{j}" x="{lx}" y="19" width="9" height="9"/>')
+            parts.append(f'<text class="tick" x="{lx + 13}" y="27">{escape(name)}</text>')
             lx += 24 + 7 * len(name)
     if unit:
         parts.append(f'<text class="tick" x="{width - 4}" y="14" text-anchor="end">{escape(unit)}</text>')
