@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from amsha.errors import AmshaError, RunNotFoundError, StateError
+from amsha.state import RunRecord, RunStatus
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -27,9 +29,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-
-from amsha.errors import AmshaError, RunNotFoundError, StateError
-from amsha.state import RunRecord, RunStatus
 
 from . import __version__
 from ._store import CancelNotSupportedError, RunSource, run_duration

@@ -78,7 +78,6 @@ def serve(
 ) -> int:
     """Serve the run inspector over ``config``'s store until interrupted; returns 0."""
     import uvicorn
-
     from amsha import ExecutionSession
 
     from .app import create_app
