@@ -1,30 +1,29 @@
 """The one place the UI talks to Amsha's store: pages of runs, a run, its events, a live
 tail, state versions and cancel. Everything returned is scrubbed of registered secrets.
 
-The live tail uses :func:`amsha.runcontrol.atail` when the core has it (the store's own
-``wait_for_events`` or adaptive polling), else polls ``read_events`` here the same way;
-cancel uses the store's ``request_cancel`` (run control, plugin API 1.1), so it reaches a
-run executing in any process that shares the store.
+The live tail is the core's :func:`amsha.runcontrol.atail` (the store's own
+``wait_for_events``, or adaptive polling);
+cancel goes through the session's ``cancel_run`` (or the store's ``request_cancel``: run
+control, plugin API 1.1), so it reaches a run executing in any process sharing the store.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from amsha.errors import AmshaError, StateNotFoundError
-from amsha.events import TERMINAL_KINDS
+from amsha.runcontrol import atail
 from amsha.secrets import redact_obj
-from amsha.state import RunPage, RunRecord, RunStatus, StateSnapshot, StateStore, page_of_runs
+from amsha.state import RunPage, RunRecord, StateSnapshot, StateStore, page_of_runs, supports_run_control
 
 __all__ = ["CancelNotSupportedError", "RunSource", "run_duration"]
 
 FALLBACK_SCAN = 100_000
 """A store without ``list_runs_page`` is paged over at most this many of its newest runs."""
-POLL_MIN_S = 0.01
 POLL_MAX_S = 0.25
+"""The longest pause of the live tail between two reads of an idle run."""
 
 
 class CancelNotSupportedError(AmshaError):
@@ -75,51 +74,32 @@ class RunSource:
 
     async def tail(self, run_id: str, from_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
         """The run's events from ``from_seq`` on, live, ending after the terminal one (or
-        when the run is over: ended or LOST, and nothing more is recorded)."""
-        try:
-            from amsha.runcontrol import atail as core_tail  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            core_tail = None
-        if core_tail is not None:
-            async for event in core_tail(self.store, run_id, from_seq):
-                yield redact_obj(event)
-                if event.get("kind") in TERMINAL_KINDS:
-                    return
-            return
-        seq = from_seq
-        wait = POLL_MIN_S
-        while True:
-            batch = await asyncio.to_thread(self.store.read_events, run_id, seq)
-            for event in batch:
-                seq = int(event["seq"]) + 1
-                yield redact_obj(event)
-                if event.get("kind") in TERMINAL_KINDS:
-                    return
-            if batch:
-                wait = POLL_MIN_S
-                continue
-            record = await asyncio.to_thread(self.store.get_run, run_id)
-            if record.observed().status in RunStatus.TERMINAL:
-                if not await asyncio.to_thread(self.store.read_events, run_id, seq):
-                    return
-                continue
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, POLL_MAX_S)
+        when the record shows the run over: LOST, or cancelled before it started). The core's
+        store tail: the store's ``wait_for_events`` when it has one, else adaptive polling."""
+        async for event in atail(self.store, run_id, from_seq, poll_max_s=POLL_MAX_S):
+            yield redact_obj(event)
 
     # ---- cancel -------------------------------------------------------------------------
 
     def cancel(self, run_id: str, reason: str) -> str:
-        """Ask the run to stop, wherever it executes; returns the store's outcome
-        (``requested``, ``cancelled``, ``ended`` or ``lost``)."""
-        request = getattr(self.store, "request_cancel", None)
-        if not callable(request):
-            self.store.get_run(run_id)
+        """Ask the run to stop, wherever it executes; returns the outcome (``requested``,
+        ``cancelled``, ``ended`` or ``lost``). The session's ``cancel_run`` when the core has
+        it, else the store's ``request_cancel``."""
+        if not self.can_cancel:
+            self.store.get_run(run_id)  # an unknown run is a 404 first
             raise CancelNotSupportedError(
                 f"the {self.store_name!r} store keeps no run control, so run {run_id} cannot be cancelled "
-                f"from another process; cancel it where it runs (handle.cancel()), or use a store with run "
-                f"control (file, sqlite, postgres)"
+                f"from another process; cancel it where it runs (handle.cancel())"
             )
-        return str(request(run_id, reason))
+        cancel_run = getattr(self.session, "cancel_run", None)
+        if callable(cancel_run):
+            return str(cancel_run(run_id, reason))
+        return str(self.store.request_cancel(run_id, reason))  # type: ignore[attr-defined]
+
+    @property
+    def can_cancel(self) -> bool:
+        """Whether the store keeps run control (cancel requests reach any process)."""
+        return supports_run_control(self.store)
 
     # ---- state --------------------------------------------------------------------------
 
@@ -146,4 +126,3 @@ def run_duration(record: RunRecord, now: float | None = None) -> float | None:
     if end is None:
         end = time.time() if now is None else now
     return max(0.0, end - record.started_at)
-

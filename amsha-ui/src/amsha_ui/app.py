@@ -129,7 +129,7 @@ def create_app(
             charts=charts,
             live=live,
             next_seq=(int(events[-1]["seq"]) + 1) if events else 0,
-            cancellable=live and callable(getattr(source.store, "request_cancel", None)),
+            cancellable=live and source.can_cancel,
         )
 
     def diff_page(request: Request) -> Response:
@@ -198,7 +198,9 @@ def create_app(
 
     async def api_cancel(request: Request) -> Response:
         if request.headers.get("x-amsha-ui") != "1":
-            return JSONResponse({"error": "send the header X-Amsha-UI: 1 (it keeps other sites from cancelling runs)"}, 403)
+            return JSONResponse(
+                {"error": "send the header X-Amsha-UI: 1 (it keeps other sites from cancelling runs)"}, 403
+            )
         try:
             body = await request.json()
         except ValueError:
@@ -304,7 +306,11 @@ class _Guard:
                     )
                     return
             else:
-                await _plain(send, 401, "this amsha ui needs its token: open the URL it printed, or send Authorization: Bearer TOKEN")
+                await _plain(
+                    send,
+                    401,
+                    "this amsha ui needs its token: open the URL it printed, or send Authorization: Bearer TOKEN",
+                )
                 return
 
         async def send_with_headers(message: Message) -> None:
@@ -474,9 +480,16 @@ def _run_charts(record: RunRecord, calls: list[Any]) -> list[Any]:
         t["latency"] += float(c.latency_s or c.duration or 0)
     names = list(tasks)
     charts.append(
-        bar_chart("Tokens per task", names, [("in", [tasks[n]["in"] for n in names]), ("out", [tasks[n]["out"] for n in names])], unit="tokens")
+        bar_chart(
+            "Tokens per task",
+            names,
+            [("in", [tasks[n]["in"] for n in names]), ("out", [tasks[n]["out"] for n in names])],
+            unit="tokens",
+        )
     )
-    charts.append(bar_chart("LLM latency per task", names, [("latency", [tasks[n]["latency"] for n in names])], unit="s"))
+    charts.append(
+        bar_chart("LLM latency per task", names, [("latency", [tasks[n]["latency"] for n in names])], unit="s")
+    )
     return charts
 
 
@@ -505,9 +518,7 @@ def _across_charts(runs: list[RunRecord]) -> list[Any]:
         per_call_latency.append(sum(lat) / len(lat) if lat else None)
         per_call_ttft.append(sum(ttft) / len(ttft) if ttft else None)
     charts.append(
-        bar_chart(
-            "Mean per LLM call", labels, [("latency", per_call_latency), ("TTFT", per_call_ttft)], unit="s"
-        )
+        bar_chart("Mean per LLM call", labels, [("latency", per_call_latency), ("TTFT", per_call_ttft)], unit="s")
     )
     tasks: dict[str, list[float]] = {}
     for m in metrics:
@@ -517,7 +528,10 @@ def _across_charts(runs: list[RunRecord]) -> list[Any]:
         names = sorted(tasks)
         charts.append(
             bar_chart(
-                "Mean tokens per task", names, [("tokens", [sum(tasks[n]) / len(tasks[n]) for n in names])], unit="tokens"
+                "Mean tokens per task",
+                names,
+                [("tokens", [sum(tasks[n]) / len(tasks[n]) for n in names])],
+                unit="tokens",
             )
         )
     return charts

@@ -23,9 +23,13 @@ def amsha_register_commands(register: CommandRegister) -> None:
 
 def setup(parser: argparse.ArgumentParser) -> object:
     """Arguments of ``amsha ui``; returns its handler."""
-    parser.add_argument("--config", help="config whose state store holds the runs (default: ./amsha.yaml or ./amsha.toml)")
+    parser.add_argument(
+        "--config", help="config whose state store holds the runs (default: ./amsha.yaml or ./amsha.toml)"
+    )
     parser.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 picks a free one)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs a token)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs a token)"
+    )
     parser.add_argument("--open", action="store_true", help="open the page in the default browser")
     parser.add_argument(
         "--token",

@@ -74,7 +74,12 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    *, config: str | None, host: str = "127.0.0.1", port: int = 8765, token: str | None = None, open_browser: bool = False
+    *,
+    config: str | None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    open_browser: bool = False,
 ) -> int:
     """Serve the run inspector over ``config``'s store until interrupted; returns 0."""
     import uvicorn
