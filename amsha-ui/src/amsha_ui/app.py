@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from amsha.errors import AmshaError, RunNotFoundError, StateError
+from amsha.errors import AmshaError, RunNotFoundError, StateError, StateNotFoundError
 from amsha.state import RunRecord, RunStatus
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -251,6 +251,7 @@ def create_app(
         routes=routes,
         exception_handlers={
             RunNotFoundError: not_found,
+            StateNotFoundError: not_found,
             HTTPException: not_found,
             AmshaError: store_error,
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -73,6 +74,14 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Stopped(Exception):
+    """SIGTERM, after the server has shut down."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
 def serve(
     *,
     config: str | None,
@@ -104,11 +113,17 @@ def serve(
         server = uvicorn.Server(
             uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, access_log=False, lifespan="off")
         )
+        # uvicorn shuts down gracefully on SIGINT or SIGTERM and then raises the signal again
+        # with the handler it found: make that an ordinary stop (exit 0), not a kill.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _stop) if main else None
         try:
             server.run(sockets=[sock])
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Stopped):
             pass
         finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
             sock.close()
         return 0
     finally:
