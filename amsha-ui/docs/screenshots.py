@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             url = line[line.index("http://") :].split()[0]
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=args.chromium, args=FLAGS, headless=True)
-                page = browser.new_page(viewport={"width": 1280, "height": 720}, device_scale_factor=1)
+                page = browser.new_page(viewport={"width": 1280, "height": 400}, device_scale_factor=1)
                 page.goto(url)
                 page.wait_for_selector("#runs tbody tr[data-run-id]")
                 args.out.mkdir(parents=True, exist_ok=True)
