@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(ROOT / "examples" / "quickstart", quickstart, ignore=shutil.ignore_patterns(".amsha"))
         config = str(quickstart / "amsha.yaml")
         for topic in ("tide pools", "kelp forests"):
-            subprocess.run([*amsha, "run", config, "--input", f"topic={topic}", "--json"], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [*amsha, "run", config, "--input", f"topic={topic}", "--json"], check=True, stdout=subprocess.DEVNULL
+            )
         server = subprocess.Popen([*amsha, "ui", "--config", config, "--port", "0"], stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None

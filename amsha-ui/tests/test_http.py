@@ -12,7 +12,8 @@ import httpx
 import pytest
 from amsha import ExecutionSession
 from amsha.secrets import register_secret
-from conftest import HOSTILE, Recorded, Server
+from amsha.state import RunOwner, RunRecord
+from conftest import HOSTILE, Recorded, Server, write_config
 
 
 @pytest.fixture
@@ -177,3 +178,21 @@ def test_a_large_run_page_is_bounded(client: httpx.Client, recorded: Recorded, u
     page = client.get(f"/runs/{recorded.changed}").text
     assert big not in page and "more characters" in page
     assert big in client.get(f"/api/runs/{recorded.changed}/events").text
+
+
+def test_a_lost_run_is_listed_and_shown_lost(tmp_path: Path) -> None:
+    from amsha_ui import create_app
+
+    with ExecutionSession(write_config(tmp_path, "amsha.yaml")) as session:
+        with Server(create_app(session)) as server, httpx.Client(base_url=server.url) as c:
+            record = RunRecord(run_id="run-lost", status="RUNNING", started_at=time.time())
+            session.store.claim_run(record, RunOwner.here(), 0.5)
+            assert [r["status"] for r in c.get("/api/runs").json()["runs"]] == ["RUNNING"]
+            time.sleep(0.6)  # the owner never renews: its lease expires
+            assert [r["run_id"] for r in c.get("/api/runs", params={"status": "LOST"}).json()["runs"]] == ["run-lost"]
+            assert c.get("/api/runs", params={"status": "RUNNING"}).json()["runs"] == []
+            page = c.get("/runs/run-lost").text
+            assert 'id="run-status">LOST<' in page and 'id="cancel"' not in page and 'id="live"' not in page
+            assert c.post("/api/runs/run-lost/cancel", headers={"X-Amsha-UI": "1"}).json()["outcome"] == "lost"
+            with c.stream("GET", "/api/runs/run-lost/stream") as r:  # the tail ends for a LOST run
+                assert [x for x in r.iter_lines() if x.startswith("data: ")] == ['data: {"status": "LOST"}']
