@@ -188,6 +188,7 @@ class OwnerLease:
         self.renewed_at = 0.0
         self.lost: LeaseLostError | None = None
         self._stopped = False
+        self._wake: asyncio.Event | None = None
 
     @property
     def owner_id(self) -> str:
@@ -208,8 +209,12 @@ class OwnerLease:
         is seen, ``on_lost(error)`` when the lease is gone, then returns."""
         cancelled = False
         renew_every = self.lease_s / 3
+        self._wake = asyncio.Event()
         while not self._stopped:
-            await asyncio.sleep(self.cancel_poll_s)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.cancel_poll_s)
+            except TimeoutError:
+                pass
             if self._stopped:
                 return
             try:
@@ -231,7 +236,11 @@ class OwnerLease:
                 on_cancel(reason)
 
     def stop(self) -> None:
+        """End :meth:`watch` at once (call it from the run's loop); a store call it has in
+        flight completes first, so awaiting the watch task means the lease is no longer used."""
         self._stopped = True
+        if self._wake is not None:
+            self._wake.set()
 
 
 # ---- the reader's side --------------------------------------------------------------------

@@ -262,7 +262,7 @@ class ExecutionSession:
         run = self._prepare(tasks, inputs, state, mode, run_id)
         executor = executor or (self.executor if run.mode is ExecutionMode.BACKGROUND else None)
         if _elsewhere(executor):
-            run.start_remote(cast(concurrent.futures.Executor, executor))
+            self._start(run, run.start_remote, cast(concurrent.futures.Executor, executor))
         else:
             self._start_record(run)
             if executor is None:
@@ -287,7 +287,7 @@ class ExecutionSession:
         run = self._prepare(tasks, inputs, state, mode, run_id)
         executor = executor or (self.executor if run.mode is ExecutionMode.BACKGROUND else None)
         if _elsewhere(executor):
-            await asyncio.to_thread(run.start_remote, cast(concurrent.futures.Executor, executor))
+            await asyncio.to_thread(self._start, run, run.start_remote, cast(concurrent.futures.Executor, executor))
         else:
             await asyncio.to_thread(self._start_record, run)
             if executor is None:
@@ -297,8 +297,12 @@ class ExecutionSession:
         return self._handle(run, detach)
 
     def _start_record(self, run: _Run) -> None:
+        self._start(run, run.start_record)
+
+    def _start(self, run: _Run, start: Callable[..., None], *args: Any) -> None:
+        """Start ``run`` with ``start(*args)``; a run that could not start is forgotten."""
         try:
-            run.start_record()
+            start(*args)
         except BaseException:
             with self._lock:
                 self._runs.pop(run.run_id, None)
@@ -612,6 +616,14 @@ class _Run:
             return LLM(view, model=pcfg.model, retry=pcfg.retry or self.session.config.retry, name=name or "default")
         return self.session.llm(name)
 
+    def _build_llms(self) -> None:
+        names = {self.registry.agent(self.registry.task(t).agent).llm for t in self.task_names}
+        for name in names:
+            try:
+                self._llm_factory(name)
+            except Exception:
+                pass  # the orchestrator meets the same error where it belongs, with the task named
+
     def _snapshot(self, reason: str) -> None:
         if not self.state.dirty or self.lost is not None:
             return  # nothing changed since the last snapshot, or no longer ours to write
@@ -627,6 +639,12 @@ class _Run:
 
     async def execute(self) -> None:
         """The run itself; never raises (the outcome is in the record and the handle)."""
+        try:
+            await self._execute()
+        finally:
+            await self._settle()
+
+    async def _execute(self) -> None:
         self.loop = asyncio.get_running_loop()
         if self.task is None:
             self.task = asyncio.current_task()
@@ -662,6 +680,9 @@ class _Run:
             await asyncio.to_thread(self._put_record)
             if self.lease is not None:
                 self._watch = asyncio.ensure_future(self.lease.watch(self.cancel, self._lose))
+            # Providers import their SDKs when first built: do it off the loop, so the loop
+            # (which renews the lease and reads cancel requests) is never held by an import.
+            await asyncio.to_thread(self._build_llms)
             if self.cancel_event.is_set():
                 raise RunCancelledError(self.run_id, self.cancel_reason or "cancelled")
             await self.session.orchestrator.aexecute(ctx)
@@ -712,8 +733,22 @@ class _Run:
     def _stop_watch(self) -> None:
         if self.lease is not None:
             self.lease.stop()
-        if self._watch is not None:
-            self._watch.cancel()
+
+    async def _settle(self) -> None:
+        """The run's end: wait until the lease watch has stopped (no store call of the run is
+        left in flight, so the session may close the store), then tell the handles."""
+        watch = self._watch
+        try:
+            if watch is not None and not watch.done():
+                self._stop_watch()
+                while not watch.done():
+                    try:
+                        await asyncio.shield(asyncio.gather(watch, return_exceptions=True))
+                    except asyncio.CancelledError:
+                        continue  # a cancel that came late: the run has ended already
+        finally:
+            if not self.done.done():
+                self.done.set_result(None)
 
     def _end_lost(self) -> None:
         """End a run whose lease was lost: nothing is written (the store would refuse it and
@@ -730,8 +765,6 @@ class _Run:
         with self._flush_lock:
             self._pending = []
         self.log.close()
-        if not self.done.done():
-            self.done.set_result(None)
 
     def _end(self, status: str, kind: str, data: dict[str, Any]) -> None:
         self._stop_watch()
@@ -763,8 +796,8 @@ class _Run:
             except Exception:
                 log.exception("amsha: run %s: could not write the final run record", self.run_id)
         self.log.close()
-        if not self.done.done():
-            self.done.set_result(None)
+        if self._watch is None and not self.done.done():
+            self.done.set_result(None)  # no watch to wait for (execute settles it otherwise)
 
     def cancel(self, reason: str) -> bool:
         """Cancel a run executing in this process (fast path: no store round trip)."""

@@ -381,6 +381,7 @@ class SqliteStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: dict[int, tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = {}
+        self._generation = 0
         # state_id -> the latest version this instance wrote or read of it. Used only while the
         # file's row for that version is the same row: a version deleted and written again (by
         # any process) has another timestamp.
@@ -399,9 +400,16 @@ class SqliteStore:
             _INHERITED.extend(conn for _, conn in self._conns.values())
             self._setup_process()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "generation", 0) != self._generation:
+            # close() left this thread's connection to this thread: close it here, where no
+            # other thread can be using it.
+            self._local.conn = None
+            conn.close()
+            conn = None
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
+            self._local.generation = self._generation
             thread = threading.current_thread()
             with self._lock:
                 # Connections of threads that have ended are closed here, so a long-lived store
@@ -431,19 +439,32 @@ class SqliteStore:
         return conn
 
     def close(self) -> None:
-        """Close this process's connections (the store reopens on next use)."""
+        """Close this process's connections (the store reopens on next use).
+
+        A connection is closed only where no thread can be using it: the calling thread's and
+        those of threads that have ended at once; another live thread's (a worker thread that
+        may be in the middle of a statement) by that thread itself, the next time it uses the
+        store. Closing the store under a running write is therefore safe."""
         if os.getpid() != self._pid:
             return
+        me = threading.get_ident()
         with self._lock:
-            conns, self._conns = self._conns, {}
+            self._generation += 1
+            closable = []
+            for ident, (ref, conn) in list(self._conns.items()):
+                alive = ref()
+                if ident == me or alive is None or not alive.is_alive():
+                    closable.append(conn)
+                    del self._conns[ident]
             self._tips.clear()
             self._tips_bytes = 0
-        for _, conn in conns.values():
+        for conn in closable:
             try:
                 conn.close()
             except sqlite3.Error:
                 pass
-        self._local = threading.local()
+        if getattr(self._local, "conn", None) in closable:
+            self._local.conn = None
 
     # ---- transactions and errors ------------------------------------------------------------
 
