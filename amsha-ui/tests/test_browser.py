@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _ui_support import HOSTILE, Recorded, Server, write_config
 from amsha import ExecutionSession
-from conftest import HOSTILE, Recorded, Server, write_config
 from playwright.sync_api import Page, expect
 
 

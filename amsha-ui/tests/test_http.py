@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _ui_support import HOSTILE, Recorded, Server, write_config
 from amsha import ExecutionSession
 from amsha.secrets import register_secret
 from amsha.state import RunOwner, RunRecord
-from conftest import HOSTILE, Recorded, Server, write_config
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _ui_support import Recorded, amsha_cli
 from amsha import load_plugins
-from conftest import Recorded, amsha_cli
 
 
 def test_the_command_is_registered_by_the_installed_plugin() -> None:
