@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 page.wait_for_selector("#waterfall .span-row")
                 page.locator("#waterfall .span-row.k-llm").last.click()
                 page.set_viewport_size({"width": 1280, "height": 900})
+                page.evaluate("window.scrollTo(0, 0)")  # the click scrolled the row into view
                 page.screenshot(path=str(args.out / "run.png"), full_page=False)
                 browser.close()
         finally:
