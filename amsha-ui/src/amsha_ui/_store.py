@@ -68,7 +68,7 @@ class RunSource:
     def events(self, run_id: str, from_seq: int = 0) -> list[dict[str, Any]]:
         """The run's recorded events from ``from_seq`` on (RunNotFoundError if no such run)."""
         events = self.store.read_events(run_id, max(0, from_seq))
-        if not events and from_seq == 0:
+        if not events:
             self.store.get_run(run_id)  # an unknown run is an error, not an empty log
         return [redact_obj(e) for e in events]
 

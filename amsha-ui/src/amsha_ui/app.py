@@ -427,11 +427,16 @@ def _filters(request: Request, default_limit: int) -> dict[str, Any]:
         "q": (request.query_params.get("q") or "").strip()[:200] or None,
         "before": request.query_params.get("before") or None,
         "limit": limit,
+        "limit_given": bool(request.query_params.get("limit")),
     }
 
 
 def _query(filters: dict[str, Any]) -> dict[str, str]:
-    return {k: str(filters[k]) for k in ("status", "q") if filters.get(k)}
+    """The filters to carry to the next page's address (the page size when it was given)."""
+    query = {k: str(filters[k]) for k in ("status", "q") if filters.get(k)}
+    if filters.get("limit_given"):
+        query["limit"] = str(filters["limit"])
+    return query
 
 
 def _first_url(filters: dict[str, Any]) -> str | None:
