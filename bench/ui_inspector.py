@@ -108,7 +108,9 @@ class _UI:
         line = self.proc.stdout.readline()
         if "http://" not in line:
             self.proc.kill()
-            raise RuntimeError(f"amsha ui did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+            raise RuntimeError(
+                f"amsha ui did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
+            )
         url = line[line.index("http://") :].split()[0]
         self.port = int(url.rsplit(":", 1)[1].strip("/"))
 
@@ -221,11 +223,26 @@ def ui_pages(settings: Settings) -> list[Figure]:
             warm = _median(lambda: ui.ttfb(f"/?limit={PAGE}")[0], rounds)
         finally:
             ui.close()
-        file_cli = _median(lambda: _cli_in_process(["runs", "list", "--config", str(files), "--limit", str(PAGE), "--json"])[0], rounds)
-        log(f"  file store: runs page {warm * 1e3:.1f} ms ({cold * 1e3:.0f} ms on the first visit) vs runs list {file_cli * 1e3:.1f} ms")
-        check("ui.runs_page.file_store_under_1s", warm < 1.0, f"file store, {n} runs: {warm * 1e3:.1f} ms after the first visit")
+        file_cli = _median(
+            lambda: _cli_in_process(["runs", "list", "--config", str(files), "--limit", str(PAGE), "--json"])[0], rounds
+        )
+        log(
+            f"  file store: runs page {warm * 1e3:.1f} ms ({cold * 1e3:.0f} ms on the first visit) vs runs list {file_cli * 1e3:.1f} ms"
+        )
+        check(
+            "ui.runs_page.file_store_under_1s",
+            warm < 1.0,
+            f"file store, {n} runs: {warm * 1e3:.1f} ms after the first visit",
+        )
         figures.append(
-            Figure("ui.runs_page.ttfb_10k_runs_file_store", warm * 1e3, file_cli * 1e3, "amsha runs list --json (in process)", "ms", None)
+            Figure(
+                "ui.runs_page.ttfb_10k_runs_file_store",
+                warm * 1e3,
+                file_cli * 1e3,
+                "amsha runs list --json (in process)",
+                "ms",
+                None,
+            )
         )
         return figures
     finally:
