@@ -45,9 +45,14 @@ RESPONSES = [
 ]
 
 
-def write_config(folder: Path, name: str, **provider_options: Any) -> Path:
+def add(a: int, b: int) -> int:
+    """Add two integers (the tool of the recorded tool run)."""
+    return a + b
+
+
+def write_config(folder: Path, name: str, extra: dict[str, Any] | None = None, **provider_options: Any) -> Path:
     """A config in ``folder`` whose file store is ``folder/store`` (shared by every config
-    written there)."""
+    written there); ``extra`` replaces top-level sections."""
     options = {"responses": RESPONSES, **provider_options}
     config = {
         "provider": {"name": "scripted", "model": "scripted-1", "options": options},
@@ -58,6 +63,7 @@ def write_config(folder: Path, name: str, **provider_options: Any) -> Path:
         "agents": AGENTS,
         "tasks": TASKS,
         "pipeline": ["research", "write"],
+        **(extra or {}),
     }
     path = folder / name
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -78,6 +84,8 @@ class Recorded:
     """Failed on an authentication error."""
     changed: str = ""
     """Started from a committed state whose key ``research`` the run changed (v1 -> v2)."""
+    tool: str = ""
+    """One task whose LLM called the tool ``add`` (an LLM call, a tool call, an LLM call)."""
     state_id: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from _ui_support import CHROMIUM_FLAGS, HOSTILE, Recorded, Server, write_config
 from amsha import ExecutionSession, ExecutionState
+from amsha.errors import RunFailedError
 
 
 @pytest.fixture(scope="session")
@@ -34,10 +35,23 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     with ExecutionSession(write_config(folder, "retry.yaml", failures=[{"kind": "rate_limit", "times": 1}])) as s:
         time.sleep(0.01)
         rec.retried = s.run(["research"], inputs={"topic": "owls"}).result().run_id
+    tools = {
+        "tools": {"add": "_ui_support:add"},
+        "agents": {"calc": {"role": "Calculator", "goal": "Do arithmetic", "tools": ["add"]}},
+        "tasks": {"sum": {"description": "Compute 40 + 2 with the tool.", "agent": "calc"}},
+        "pipeline": ["sum"],
+    }
+    answers = [
+        {"match": "42", "text": "The sum is 42."},
+        {"match": "Compute", "tool_calls": [{"id": "c1", "name": "add", "arguments": {"a": 40, "b": 2}}]},
+    ]
+    with ExecutionSession(write_config(folder, "tools.yaml", tools, responses=answers)) as s:
+        time.sleep(0.01)
+        rec.tool = s.run(inputs={"topic": "sums"}).result().run_id
     with ExecutionSession(write_config(folder, "failing.yaml", failures=[{"kind": "auth", "times": 5}])) as s:
         time.sleep(0.01)
         handle = s.run(["research"], inputs={"topic": "bats"})
-        with pytest.raises(Exception):
+        with pytest.raises(RunFailedError, match="uthenticat"):
             handle.result()
         rec.failed = handle.run_id
     return rec

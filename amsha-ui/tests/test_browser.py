@@ -22,7 +22,7 @@ def _spans(session: ExecutionSession, run_id: str) -> list[str]:
 def test_the_runs_table_lists_recorded_runs(page: Page, ui: Server, recorded: Recorded) -> None:
     page.goto(ui.url + "/")
     rows = page.locator("#runs tbody tr[data-run-id]")
-    expect(rows).to_have_count(4)
+    expect(rows).to_have_count(5)
     ok = page.locator(f'tr[data-run-id="{recorded.ok}"]')
     expect(ok.locator(".status")).to_have_text("SUCCEEDED")
     expect(ok).to_contain_text("research, write")
@@ -41,15 +41,15 @@ def test_the_runs_table_lists_recorded_runs(page: Page, ui: Server, recorded: Re
 
 
 def test_pages_of_the_runs_table(page: Page, ui: Server, recorded: Recorded) -> None:
-    page.goto(ui.url + "/?limit=2")
+    page.goto(ui.url + "/?limit=3")
     rows = page.locator("#runs tbody tr[data-run-id]")
-    expect(rows).to_have_count(2)
+    expect(rows).to_have_count(3)
     first = rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")
     page.click("#next-page")
-    expect(rows).to_have_count(2)  # the page size is kept
+    expect(rows).to_have_count(2)  # the page size is kept: 5 runs, 3 then 2
     second = rows.evaluate_all("rows => rows.map(r => r.dataset.runId)")
     assert not set(first) & set(second) and recorded.ok in second
-    expect(page.locator("#next-page")).to_have_count(0)  # four runs: two pages
+    expect(page.locator("#next-page")).to_have_count(0)
 
 
 def test_the_timeline_shows_every_span_and_a_span_opens_its_details(
@@ -79,6 +79,25 @@ def test_the_timeline_shows_every_span_and_a_span_opens_its_details(
     expect(detail).to_contain_text("llm.finished")  # its events
     page.locator("#waterfall .span-row.k-task").first.click()
     expect(detail).to_be_hidden()
+
+
+def test_tool_calls_are_spans_with_their_arguments_and_result(
+    page: Page, ui: Server, recorded: Recorded, ui_session: ExecutionSession
+) -> None:
+    page.goto(f"{ui.url}/runs/{recorded.tool}")
+    rows = page.locator("#waterfall .span-row")
+    expect(rows).to_have_count(len(_spans(ui_session, recorded.tool)))
+    kinds = rows.evaluate_all("rows => rows.map(r => [...r.classList].find(c => c.startsWith('k-')))")
+    assert kinds == ["k-run", "k-task", "k-llm", "k-tool", "k-llm"]
+    tool = page.locator("#waterfall .span-row.k-tool")
+    expect(tool).to_contain_text("add")
+    tool.click()
+    detail = page.locator(".span-detail:visible")
+    expect(detail.locator("h4", has_text="Arguments")).to_be_visible()
+    expect(detail).to_contain_text('"a": 40')
+    expect(detail.locator("h4", has_text="Result")).to_be_visible()
+    expect(detail).to_contain_text("tool.finished")
+    expect(page.locator("pre.output[data-task=sum]")).to_have_text("The sum is 42.")
 
 
 def test_retries_and_errors_are_shown(page: Page, ui: Server, recorded: Recorded) -> None:

@@ -37,7 +37,7 @@ def test_api_index_documents_the_endpoints(client: httpx.Client) -> None:
 def test_api_runs_pages_and_filters(client: httpx.Client, recorded: Recorded) -> None:
     everything = client.get("/api/runs").json()
     ids = [r["run_id"] for r in everything["runs"]]
-    assert {recorded.ok, recorded.failed, recorded.retried, recorded.changed} <= set(ids)
+    assert {recorded.ok, recorded.failed, recorded.retried, recorded.changed, recorded.tool} <= set(ids)
     assert everything["next_before"] is None
     seen, before = [], None
     while True:
