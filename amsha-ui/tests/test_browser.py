@@ -175,12 +175,15 @@ def test_a_live_run_streams_tokens_and_cancel_ends_it_cancelled(
         recorded.folder,
         "slow.yaml",
         token_delay_s=0.05,
-        responses=[{"match": "List facts", "text": " ".join(f"word{i}" for i in range(400))}],
+        responses=[
+            {"match": "List facts", "text": " ".join(f"note{i}" for i in range(60))},
+            {"match": "Write a paragraph", "text": " ".join(f"word{i}" for i in range(400))},
+        ],
     )
     script = (
         "import sys; from amsha import ExecutionSession\n"
         "with ExecutionSession(sys.argv[1]) as s:\n"
-        "    h = s.run(['research'], inputs={'topic': 'a slow one'}, run_id=sys.argv[2])\n"
+        "    h = s.run(inputs={'topic': 'a slow one'}, run_id=sys.argv[2])\n"
         "    try: h.result()\n"
         "    except Exception as e: print(type(e).__name__)\n"
     )
@@ -198,6 +201,10 @@ def test_a_live_run_streams_tokens_and_cancel_ends_it_cancelled(
             time.sleep(0.05)
         page.goto(f"{ui.url}/runs/{run_id}")
         expect(page.locator("#run-status")).to_have_text("RUNNING")
+        # The first task streams for about 3 s; the timeline grows when the second starts.
+        expect(page.locator("#waterfall .span-row.k-task")).to_have_count(1)
+        expect(page.locator("#waterfall .span-row.k-task")).to_have_count(2, timeout=15_000)
+        assert int(page.locator("#timeline").get_attribute("data-refreshed") or "0") >= 1
         live = page.locator("#live-output")
         expect(live).to_contain_text("word", timeout=10_000)
         first = int(live.get_attribute("data-chunks") or "0")
@@ -213,7 +220,7 @@ def test_a_live_run_streams_tokens_and_cancel_ends_it_cancelled(
         assert record.status == "CANCELLED" and "amsha ui" in (record.error or {}).get("message", "")
         expect(page.locator("#cancel")).to_have_count(0)
         expect(page.locator("#live")).to_have_count(0)
-        expect(page.locator("#waterfall .span-row.k-llm")).to_contain_text("cancelled")
+        expect(page.locator("#waterfall .span-row.k-llm").last).to_contain_text("cancelled")
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -196,3 +196,10 @@ def test_a_lost_run_is_listed_and_shown_lost(tmp_path: Path) -> None:
             assert c.post("/api/runs/run-lost/cancel", headers={"X-Amsha-UI": "1"}).json()["outcome"] == "lost"
             with c.stream("GET", "/api/runs/run-lost/stream") as r:  # the tail ends for a LOST run
                 assert [x for x in r.iter_lines() if x.startswith("data: ")] == ['data: {"status": "LOST"}']
+
+
+def test_the_timeline_fragment(client: httpx.Client, recorded: Recorded) -> None:
+    text = client.get(f"/runs/{recorded.tool}/timeline").text
+    assert text.lstrip().startswith('<section class="timeline" id="timeline">') and "<html" not in text
+    assert text.count('class="span-row') == 5 and 'data-span-id="' in text
+    assert client.get("/runs/nope/timeline").status_code == 404

@@ -17,6 +17,7 @@ from markupsafe import Markup, escape
 
 __all__ = [
     "Diff",
+    "axis",
     "Span",
     "bar_chart",
     "build_spans",
@@ -246,6 +247,16 @@ def waterfall(spans: Sequence[Span], width: float = 1000.0) -> list[dict[str, An
         row["offset_s"] = s.start - t0
         rows.append(row)
     return rows
+
+
+def axis(spans: Sequence[Span], ticks: int = 5) -> list[str]:
+    """Labels of ``ticks`` evenly spaced moments of the waterfall, from its start to its end."""
+    if not spans:
+        return []
+    t0 = min(s.start for s in spans)
+    t1 = max((s.end if s.end is not None else s.detail.get("live_end", s.start)) for s in spans)
+    total = max(t1 - t0, 0.0)
+    return ["0" if i == 0 else fmt_duration(total * i / (ticks - 1)) for i in range(ticks)]
 
 
 def token_streams(events: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[float, str]]]:

@@ -1,8 +1,8 @@
 """The ASGI app: server-rendered pages, JSON endpoints and a server-sent event stream over
 one session's store. Read-only on the store, except ``POST /api/runs/{id}/cancel``.
 
-Pages: ``/`` (runs), ``/runs/{id}`` (a run), ``/runs/{id}/diff`` (a state diff, as a page
-fragment), ``/metrics`` (charts across runs). JSON: ``/api`` (this list), ``/api/runs``,
+Pages: ``/`` (runs), ``/runs/{id}`` (a run), ``/runs/{id}/diff`` (a state diff) and
+``/runs/{id}/timeline`` (the timeline; both page fragments), ``/metrics`` (charts across runs). JSON: ``/api`` (this list), ``/api/runs``,
 ``/api/runs/{id}``, ``/api/runs/{id}/events?from_seq=N``, ``/api/runs/{id}/stream``
 (``text/event-stream``), ``POST /api/runs/{id}/cancel``. See the README for their fields.
 """
@@ -32,7 +32,17 @@ from starlette.staticfiles import StaticFiles
 
 from . import __version__
 from ._store import CancelNotSupportedError, RunSource, run_duration
-from ._view import bar_chart, build_spans, diff_states, fmt_duration, json_for_script, pretty, token_streams, waterfall
+from ._view import (
+    axis,
+    bar_chart,
+    build_spans,
+    diff_states,
+    fmt_duration,
+    json_for_script,
+    pretty,
+    token_streams,
+    waterfall,
+)
 
 __all__ = ["API", "create_app"]
 
@@ -120,6 +130,7 @@ def create_app(
             run=record,
             row=_run_row(record, time.time()),
             rows=waterfall(spans),
+            axis=axis(spans),
             spans=spans,
             outputs=outputs,
             streams=streams,
@@ -131,6 +142,13 @@ def create_app(
             next_seq=(int(events[-1]["seq"]) + 1) if events else 0,
             cancellable=live and source.can_cancel,
         )
+
+    def timeline_fragment(request: Request) -> Response:
+        """The timeline section alone: a live page refreshes it as spans start and end."""
+        run_id = request.path_params["run_id"]
+        source.run(run_id)
+        spans = build_spans(source.events(run_id))
+        return render("_timeline.html", rows=waterfall(spans), axis=axis(spans))
 
     def diff_page(request: Request) -> Response:
         record = source.run(request.path_params["run_id"])
@@ -239,6 +257,7 @@ def create_app(
         Route("/metrics", metrics_page),
         Route("/runs/{run_id}", run_page),
         Route("/runs/{run_id}/diff", diff_page),
+        Route("/runs/{run_id}/timeline", timeline_fragment),
         Route("/api", api_index),
         Route("/api/runs", api_runs),
         Route("/api/runs/{run_id}", api_run),

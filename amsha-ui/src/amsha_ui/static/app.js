@@ -6,7 +6,8 @@
   function $(sel, root) { return (root || document).querySelector(sel); }
   function $all(sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); }
 
-  // ---- span details: click a row of the waterfall ----
+  // ---- span details: click a row of the waterfall (delegated: a live page replaces it) ----
+  var selectedSpan = null;
   function showSpan(index) {
     $all(".span-detail").forEach(function (el) { el.hidden = true; });
     $all(".span-row").forEach(function (el) { el.classList.remove("selected"); el.setAttribute("aria-expanded", "false"); });
@@ -15,11 +16,42 @@
     var hint = $("#span-hint");
     if (hint) { hint.hidden = true; }
     if (detail) { detail.hidden = false; }
-    if (row) { row.classList.add("selected"); row.setAttribute("aria-expanded", "true"); }
+    if (row) {
+      row.classList.add("selected");
+      row.setAttribute("aria-expanded", "true");
+      selectedSpan = row.getAttribute("data-span-id");
+    }
   }
-  $all(".span-row").forEach(function (row) {
-    row.addEventListener("click", function () { showSpan(row.getAttribute("data-span")); });
+  document.addEventListener("click", function (ev) {
+    var row = ev.target.closest ? ev.target.closest(".span-row") : null;
+    if (row) { showSpan(row.getAttribute("data-span")); }
   });
+
+  // A live page re-reads its timeline (server-rendered, escaped) when spans start or end,
+  // at most every 300 ms, keeping the selected span open.
+  var refreshTimer = null;
+  function refreshTimeline(runId) {
+    if (refreshTimer) { return; }
+    refreshTimer = setTimeout(function () {
+      refreshTimer = null;
+      fetch("/runs/" + encodeURIComponent(runId) + "/timeline", { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) {
+          var section = $("#timeline");
+          if (!html || !section) { return; }
+          var holder = document.createElement("div");
+          holder.innerHTML = html;
+          var fresh = holder.querySelector("#timeline");
+          if (!fresh) { return; }
+          fresh.setAttribute("data-refreshed", String(Number(section.getAttribute("data-refreshed") || "0") + 1));
+          section.replaceWith(fresh);
+          if (selectedSpan) {
+            var row = $('.span-row[data-span-id="' + CSS.escape(selectedSpan) + '"]');
+            if (row) { showSpan(row.getAttribute("data-span")); }
+          }
+        });
+    }, 300);
+  }
 
   // ---- token replay: at the recorded pace, or at once ----
   var tokenData = $("#tokens-data");
@@ -91,6 +123,7 @@
       var li = document.createElement("li");
       li.textContent = "#" + event.seq + " " + event.kind + (event.task ? " · " + event.task : "");
       list.appendChild(li);
+      if (/\.(started|finished|failed|cancelled)$/.test(event.kind)) { refreshTimeline(runId); }
       if (event.kind === "run.started" || event.kind === "task.started") { status.textContent = "RUNNING"; }
     });
     source.addEventListener("end", function (msg) {
