@@ -176,7 +176,7 @@ def test_a_live_run_streams_tokens_and_cancel_ends_it_cancelled(
         "slow.yaml",
         token_delay_s=0.05,
         responses=[
-            {"match": "List facts", "text": " ".join(f"note{i}" for i in range(60))},
+            {"match": "List facts", "text": " ".join(f"note{i}" for i in range(100))},
             {"match": "Write a paragraph", "text": " ".join(f"word{i}" for i in range(400))},
         ],
     )
@@ -201,7 +201,7 @@ def test_a_live_run_streams_tokens_and_cancel_ends_it_cancelled(
             time.sleep(0.05)
         page.goto(f"{ui.url}/runs/{run_id}")
         expect(page.locator("#run-status")).to_have_text("RUNNING")
-        # The first task streams for about 3 s; the timeline grows when the second starts.
+        # The first task streams for about 5 s; the timeline grows when the second starts.
         expect(page.locator("#waterfall .span-row.k-task")).to_have_count(1)
         expect(page.locator("#waterfall .span-row.k-task")).to_have_count(2, timeout=15_000)
         assert int(page.locator("#timeline").get_attribute("data-refreshed") or "0") >= 1
