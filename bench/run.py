@@ -34,6 +34,7 @@ MODULES = (
     "crewai_orchestrator",
     "langgraph_orchestrator",
     "otel_observer",
+    "runs",
     "ui_inspector",
 )
 HERE = Path(__file__).resolve().parent

@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -35,12 +34,12 @@ from amsha_openai.testing import OpenAIServer, Reply
 from conftest import REPO, clean_env, describe
 
 sys.path.insert(0, str(REPO / "examples" / "distributed"))
-from ray_executor import RayExecutor  # noqa: E402  (the example's adapter, tested here)
+from ray_executor import RayExecutor  # the example's adapter, tested here
 
 KEY_ENV = "AMSHA_RUN_CONTROL_TEST_KEY"
 # Worker processes (spawned pools, Dask's and Ray's) inherit the environment when they start.
 os.environ[KEY_ENV] = "sk-run-control-test"
-LEASE_S = 3.0
+LEASE_S = 4.0
 WORDS = [f"w{i} " for i in range(12)]
 EXECUTORS = ["thread", "process", "dask", "ray"]
 STORES = ["file", "sqlite"]
@@ -55,10 +54,14 @@ def server() -> Iterator[OpenAIServer]:
 def write_config(folder: Path, server: OpenAIServer, store: str) -> Path:
     """Two tasks, provider openai on the local server, the chosen store next to the config."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"name": "file", "options": {"path": ".amsha"}} if store == "file" else {
-        "name": "sqlite",
-        "options": {"path": "amsha.db"},
-    }
+    state = (
+        {"name": "file", "options": {"path": ".amsha"}}
+        if store == "file"
+        else {
+            "name": "sqlite",
+            "options": {"path": "amsha.db"},
+        }
+    )
     config = {
         "provider": server.provider_config(api_key_env=KEY_ENV),
         "state": state,
@@ -299,9 +302,7 @@ def test_a_third_process_attaches_streams_and_cancels(
         assert server.wait_for(lambda s: any(r.outcome == "client_closed" for r in s.requests), timeout=5)
 
 
-def test_a_run_queued_on_a_busy_executor_is_cancelled_before_it_starts(
-    tmp_path: Path, server: OpenAIServer
-) -> None:
+def test_a_run_queued_on_a_busy_executor_is_cancelled_before_it_starts(tmp_path: Path, server: OpenAIServer) -> None:
     config = write_config(tmp_path / "cfg", server, "sqlite")
     server.reset()
     server.default = Reply(chunks=[f"q{i} " for i in range(40)], chunk_delay_s=0.03)
@@ -326,7 +327,9 @@ def test_the_memory_store_is_refused_for_a_process_pool(tmp_path: Path) -> None:
 
     with (
         concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool,
-        ExecutionSession({"agents": {"a": {"role": "r", "goal": "g"}}, "tasks": {"t": {"description": "d", "agent": "a"}}}) as session,
+        ExecutionSession(
+            {"agents": {"a": {"role": "r", "goal": "g"}}, "tasks": {"t": {"description": "d", "agent": "a"}}}
+        ) as session,
     ):
         with pytest.raises(InputError, match=r"'memory' store .*\(state: file, sqlite or postgres\)"):
             session.run(mode="background", executor=pool)
@@ -498,3 +501,26 @@ def test_a_handle_stream_and_observers_from_an_async_caller(tmp_path: Path, serv
             return texts
 
     assert "".join(asyncio.run(main())) == "".join(WORDS) * 2
+
+
+def test_the_dask_example_runs(tmp_path: Path) -> None:
+    """examples/distributed/run_dask.py, as a user runs it: a LocalCluster of two worker
+    processes, runs on it, one streamed here, one cancelled from here."""
+    import shutil
+
+    example = tmp_path / "distributed"
+    shutil.copytree(REPO / "examples" / "distributed", example, ignore=shutil.ignore_patterns(".amsha"))
+    proc = subprocess.run(
+        [sys.executable, str(example / "run_dask.py"), "--runs", "3"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, describe(proc)
+    out = proc.stdout
+    assert "Tide pools fill and empty twice a day" in out
+    assert "cancel run-" in out and ": True" in out
+    assert out.count("SUCCEEDED") >= 2 and "CANCELLED" in out
+    assert "ran on vm pid" in out or "ran on " in out

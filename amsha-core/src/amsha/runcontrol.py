@@ -29,9 +29,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import LeaseLostError, RunLostError, RunTimeoutError, StateError
+
+if TYPE_CHECKING:
+    from .handle import RunResult
 from .events import TERMINAL_KINDS, Event
 from .metrics import AmshaMetrics, MetricsCollector
 from .state import (
@@ -124,7 +127,8 @@ def check_fence(run_id: str, control: RunControl | None, owner_id: str, now: flo
         raise LeaseLostError(run_id, f"this process (owner {owner_id[:8]}) does not hold the run's lease{holder}")
     if now > control.lease_expires_at:
         raise LeaseLostError(
-            run_id, f"the lease of owner {owner_id[:8]} expired {now - control.lease_expires_at:.1f}s ago: the run is LOST"
+            run_id,
+            f"the lease of owner {owner_id[:8]} expired {now - control.lease_expires_at:.1f}s ago: the run is LOST",
         )
 
 
@@ -210,13 +214,25 @@ class OwnerLease:
         cancelled = False
         renew_every = self.lease_s / 3
         self._wake = asyncio.Event()
+        warned = False
         while not self._stopped:
+            slept = time.monotonic()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.cancel_poll_s)
             except TimeoutError:
                 pass
             if self._stopped:
                 return
+            held = time.monotonic() - slept - self.cancel_poll_s
+            if held > self.lease_s / 3 and not warned:
+                warned = True  # the loop is the lease's clock: say so before it costs the run
+                log.warning(
+                    "amsha: run %s: its event loop was held for %.1fs (by blocking code on the loop, or a "
+                    "starved machine); the lease (runs.lease_s %gs) is lost if it is held for longer",
+                    self.run_id,
+                    held,
+                    self.lease_s,
+                )
             try:
                 if time.monotonic() - self.renewed_at >= renew_every:
                     control = await _call(self.store, self.store.renew_lease, self.run_id, self.owner.id, self.lease_s)
@@ -387,7 +403,7 @@ class StoreRun:
         """The run's record as a reader reports it (LOST applied); cached once it ended."""
         if self._final is not None:
             return self._final
-        record = self.store.get_run(self.run_id).observed()
+        record: RunRecord = self.store.get_run(self.run_id).observed()
         if record.status in RunStatus.TERMINAL:
             self._final = record
         return record
@@ -419,6 +435,8 @@ class StoreRun:
         """The worker's future ended: if it never claimed the run (it failed before starting,
         or the executor dropped it), record the failure so the run does not stay PENDING."""
         assert self.future is not None
+        if self.future.cancelled():
+            return  # the executor dropped it: if it was never claimed, request_cancel settles it
         exc = self.future.exception()
         outcome = None if exc is not None else self.future.result()
         if exc is None and (not isinstance(outcome, dict) or outcome.get("claimed", True)):
@@ -449,7 +467,7 @@ class StoreRun:
         """Async twin of :meth:`wait`."""
         return await asyncio.to_thread(self.wait, timeout)
 
-    def result(self, record: RunRecord) -> Any:
+    def result(self, record: RunRecord) -> RunResult:
         """The :class:`~amsha.RunResult` of an ended run (raising as a local run would)."""
         from .handle import RunResult, raise_for
 
@@ -459,7 +477,7 @@ class StoreRun:
             if self.local_state is not None and self.local_state.version < state.version:
                 # The client's own state object: make it what the worker left.
                 local = self.local_state
-                for key in local.keys():
+                for key in local.keys():  # noqa: SIM118 (a list: deleting while iterating)
                     if key not in state:
                         del local[key]
                 local.update(state.to_dict())
@@ -491,10 +509,10 @@ class StoreRun:
     # ---- cancel ------------------------------------------------------------------------------
 
     def cancel(self, reason: str) -> str:
-        """Record a cancel request in the store; returns a :class:`CancelOutcome` value. A run
-        still queued on the executor is also taken off its queue when the executor can."""
-        if self.future is not None and not self.future.done():
-            self.future.cancel()  # frees a queue slot; the store decides what the run does
+        """Record a cancel request in the store; returns a :class:`CancelOutcome` value. The
+        executor's future is left alone: executors differ in what cancelling a running task
+        means (Dask's returns True and lets the task go on); the store decides for every one
+        of them, and a queued run that a worker picks up later finds itself CANCELLED."""
         require_run_control(self.store, f"cancelling run {self.run_id} from another process")
         outcome: str = self.store.request_cancel(self.run_id, reason)
         if outcome in (CancelOutcome.CANCELLED, CancelOutcome.ENDED, CancelOutcome.LOST):

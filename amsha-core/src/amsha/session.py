@@ -38,7 +38,6 @@ from .errors import (
 )
 from .events import Event, Observer, RunEventLog
 from .handle import ExecutionHandle, ExecutionMode, RunResult, raise_for
-from .runcontrol import OwnerLease, StoreRun
 from .llm import LLM
 from .metrics import MetricsCollector
 from .observe import ObserverChannel, ObserverError, observer_name
@@ -46,7 +45,16 @@ from .orchestrator import IOrchestrator, RunContext
 from .plugins import BackendContext, PluginSet, load_plugins
 from .provider import ILLMProvider
 from .registry import Registry
-from .state import CancelOutcome, ExecutionState, RunRecord, RunStatus, StateStore, supports_run_control
+from .runcontrol import OwnerLease, StoreRun
+from .state import (
+    CancelOutcome,
+    ExecutionState,
+    RunControlStore,
+    RunRecord,
+    RunStatus,
+    StateStore,
+    supports_run_control,
+)
 
 __all__ = ["ExecutionSession", "run_spec"]
 
@@ -404,9 +412,7 @@ class ExecutionSession:
 
     # ---- lifecycle ----------------------------------------------------------------------
 
-    def close(
-        self, *, drain_timeout_s: float | None = None, wait: bool = False, timeout_s: float = 30.0
-    ) -> None:
+    def close(self, *, drain_timeout_s: float | None = None, wait: bool = False, timeout_s: float = 30.0) -> None:
         """End the session: runs still executing in this process are cancelled (reason "the
         session was closed"), or with ``wait=True`` waited for, at most ``timeout_s`` in all;
         then observers catch up and the backends close. The store is closed only after every
@@ -565,7 +571,9 @@ class _Run:
             batch, self._pending = self._pending, []
             try:
                 if self.lease is not None:
-                    self.session.store.append_events(self.run_id, batch, owner=self.lease.owner_id)
+                    cast(RunControlStore, self.session.store).append_events(
+                        self.run_id, batch, owner=self.lease.owner_id
+                    )
                 else:
                     self.session.store.append_events(self.run_id, batch)
             except LeaseLostError as exc:
@@ -591,7 +599,7 @@ class _Run:
 
     def _put_record(self) -> None:
         if self.lease is not None:
-            self.session.store.put_run(self.record, owner=self.lease.owner_id)
+            cast(RunControlStore, self.session.store).put_run(self.record, owner=self.lease.owner_id)
         else:
             self.session.store.put_run(self.record)
 
@@ -677,7 +685,7 @@ class _Run:
                     **({"links": self.links} if self.links else {}),
                 },
             )
-            await asyncio.to_thread(self._put_record)
+            await _finish_then_cancel(asyncio.to_thread(self._put_record))
             if self.lease is not None:
                 self._watch = asyncio.ensure_future(self.lease.watch(self.cancel, self._lose))
             # Providers import their SDKs when first built: do it off the loop, so the loop
@@ -897,6 +905,18 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             return {"claimed": False, "reason": str(exc)}
         _loop.run_sync(run.execute())
         return {"claimed": True, "status": run.status}
+
+
+async def _finish_then_cancel(write: Any) -> None:
+    """Await a store write running in a worker thread; if the run is cancelled meanwhile, let
+    the write finish first (a thread cannot be stopped: a RUNNING record written after the
+    CANCELLED one would win), then let the cancellation through."""
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.gather(task, return_exceptions=True)
+        raise
 
 
 def _elsewhere(executor: concurrent.futures.Executor | None) -> bool:

@@ -416,6 +416,28 @@ class RunControlStore(StateStore, Protocol):
     ``amsha.testing.StateStoreContract`` checks all of this.
     """
 
+    def put_run(self, record: RunRecord, *, owner: str | None = None) -> None:
+        """As :meth:`StateStore.put_run`; with ``owner``, only while it holds the lease."""
+        ...
+
+    def append_events(self, run_id: str, events: Sequence[dict[str, Any]], *, owner: str | None = None) -> None:
+        """As :meth:`StateStore.append_events`; with ``owner``, only while it holds the lease."""
+        ...
+
+    def put_state(
+        self,
+        state_id: str,
+        data: dict[str, Any],
+        *,
+        expected_version: int,
+        run_id: str | None = None,
+        reason: str = "",
+        owner: str | None = None,
+    ) -> int:
+        """As :meth:`StateStore.put_state`; with ``owner``, only while it holds the lease on
+        ``run_id``."""
+        ...
+
     def claim_run(self, record: RunRecord, owner: RunOwner, lease_s: float) -> RunControl:
         """Write ``record`` (create or replace) and give ``owner`` the lease on it, expiring
         ``lease_s`` seconds from now, in one transaction; returns the control fields (a cancel
