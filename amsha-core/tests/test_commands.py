@@ -130,6 +130,8 @@ def test_a_failing_setup_breaks_only_its_command(site: Path, capsys: pytest.Capt
     assert cli.main(["boom"]) == 2
     err = capsys.readouterr().err
     assert "cmdtest_a" in err and "setup exploded" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["boom", "--traceback"]) == 2  # the options every command takes
+    assert "Traceback" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("body", ['register("", "cmdtest_setup:setup")', 'register("x", 42)'])

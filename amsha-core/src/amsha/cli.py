@@ -98,13 +98,14 @@ def _parser() -> argparse.ArgumentParser:
         if name == "cancel":
             r.add_argument("--reason", default="cancelled from the command line")
             r.add_argument("--wait", action="store_true", help="wait until the run has ended")
-    _add_plugin_commands(sub)
+    _add_plugin_commands(sub, common)
     return parser
 
 
-def _add_plugin_commands(sub: Any) -> None:
-    """Subcommands registered by plugins (``amsha_register_commands``). A plugin whose setup
-    fails gets a command that reports the failure when used; the others are unaffected."""
+def _add_plugin_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Subcommands registered by plugins (``amsha_register_commands``), with the options
+    every command takes (``common``). A plugin whose setup fails gets a command that
+    reports the failure when used; the others are unaffected."""
     from .errors import PluginLoadError
     from .plugins import load_plugins
 
@@ -113,7 +114,9 @@ def _add_plugin_commands(sub: Any) -> None:
         entry = plugins.command(name)
         if entry is None:  # contested: `amsha plugins` lists the conflict
             continue
-        p = sub.add_parser(name, help=entry.help or f"(from plugin {entry.plugin})", description=entry.help or None)
+        p = sub.add_parser(
+            name, help=entry.help or f"(from plugin {entry.plugin})", description=entry.help or None, parents=[common]
+        )
         try:
             handler = entry.resolve_setup()(p)
             if not callable(handler):

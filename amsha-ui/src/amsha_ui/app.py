@@ -121,7 +121,7 @@ def create_app(
         outputs: dict[str, Any] = dict(record.outputs)
         for span in spans:  # a task still streaming (or cut short) shows what it produced
             if span.kind == "llm" and span.task and span.task not in outputs and span.parts:
-                outputs.setdefault(f"{span.task}", span.text)
+                outputs.setdefault(span.task, span.text)
         charts = _run_charts(record, calls)
         live = record.status in RunStatus.ACTIVE
         default_b = record.state_version or (versions[-1].version if versions else 0)
@@ -499,7 +499,7 @@ def _run_charts(record: RunRecord, calls: list[Any]) -> list[Any]:
     ]
     tasks: dict[str, dict[str, float]] = {}
     for c in calls:
-        t = tasks.setdefault(c.task or "-", {"in": 0.0, "out": 0.0, "latency": 0.0, "ttft": 0.0, "n": 0})
+        t = tasks.setdefault(c.task or "-", {"in": 0.0, "out": 0.0, "latency": 0.0})
         t["in"] += float((c.usage or {}).get("input_tokens") or 0)
         t["out"] += float((c.usage or {}).get("output_tokens") or 0)
         t["latency"] += float(c.latency_s or c.duration or 0)
