@@ -203,3 +203,32 @@ def test_the_timeline_fragment(client: httpx.Client, recorded: Recorded) -> None
     assert text.lstrip().startswith('<section class="timeline" id="timeline">') and "<html" not in text
     assert text.count('class="span-row') == 5 and 'data-span-id="' in text
     assert client.get("/runs/nope/timeline").status_code == 404
+
+
+def test_browsing_never_writes_to_the_store(tmp_path: Path) -> None:
+    from amsha_ui import create_app
+
+    config = write_config(tmp_path, "amsha.yaml")
+    with ExecutionSession(config) as session:
+        run_id = session.run(inputs={"topic": "ro"}).result().run_id
+        store = tmp_path / "store"
+
+        def snapshot() -> dict[str, tuple[int, int]]:
+            return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(store.rglob("*")) if p.is_file()}
+
+        before = snapshot()
+        with Server(create_app(session)) as server, httpx.Client(base_url=server.url) as c:
+            for path in (
+                "/",
+                "/?status=FAILED&q=x",
+                "/metrics",
+                f"/runs/{run_id}",
+                f"/runs/{run_id}/timeline",
+                f"/runs/{run_id}/diff?a=0&b=2",
+                "/api/runs",
+                f"/api/runs/{run_id}",
+                f"/api/runs/{run_id}/events",
+                f"/api/runs/{run_id}/stream",
+            ):
+                assert c.get(path).status_code == 200, path
+        assert snapshot() == before
