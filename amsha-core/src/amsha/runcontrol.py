@@ -237,6 +237,9 @@ class OwnerLease:
                 if time.monotonic() - self.renewed_at >= renew_every:
                     control = await _call(self.store, self.store.renew_lease, self.run_id, self.owner.id, self.lease_s)
                     self.renewed_at = time.monotonic()
+                elif getattr(self.store, "cheap_control_reads", False):
+                    # A read the store promises is quick (a local index lookup): no thread hop.
+                    control = self.store.read_control(self.run_id)
                 else:
                     control = await _call(self.store, self.store.read_control, self.run_id)
             except LeaseLostError as exc:
@@ -396,6 +399,7 @@ class StoreRun:
         self.future = future
         self.local_state = state
         self._final: RunRecord | None = None
+        self._saw_end = False
 
     # ---- status and result ------------------------------------------------------------------
 
@@ -409,7 +413,15 @@ class StoreRun:
         return record
 
     def status(self) -> str:
-        return self.record().status
+        record = self.record()
+        if self._saw_end and record.status in RunStatus.ACTIVE:
+            # The owner commits the terminal event, then the final record: a reader that saw
+            # the first waits the moment it takes for the second.
+            try:
+                record = self._poll(time.monotonic() + 5.0)
+            except RunTimeoutError:
+                pass
+        return record.status
 
     def _poll(self, deadline: float | None) -> RunRecord:
         interval = 0.01
@@ -500,10 +512,12 @@ class StoreRun:
 
     def events(self, from_seq: int) -> Iterator[Event]:
         for raw in StoreTail(self.store, self.run_id, from_seq, poll_max_s=self.poll_max_s):
+            self._saw_end = self._saw_end or raw.get("kind") in TERMINAL_KINDS
             yield Event.from_dict(raw)
 
     async def aevents(self, from_seq: int) -> AsyncIterator[Event]:
         async for raw in StoreTail(self.store, self.run_id, from_seq, poll_max_s=self.poll_max_s):
+            self._saw_end = self._saw_end or raw.get("kind") in TERMINAL_KINDS
             yield Event.from_dict(raw)
 
     # ---- cancel ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ with an event loop (see ``amsha._loop``).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
 import importlib
@@ -894,17 +895,53 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     store, execute it. Returns ``{"claimed": False, "reason"}`` when the run was not this
     worker's to run (cancelled while queued, owned by another live worker, or LOST), else
     ``{"claimed": True, "status"}``; the outcome itself is in the store."""
-    config = AmshaConfig.model_validate(spec["config"])
-    with ExecutionSession(config, base_dir=spec["base_dir"]) as session:
-        state = ExecutionState.load(spec["state"])
-        run = session._prepare(spec["tasks"], spec["inputs"], state, ExecutionMode.BACKGROUND, spec["run_id"])
-        run.record.created_at = float(spec.get("created_at") or run.record.created_at)
-        try:
-            session._start_record(run)
-        except LeaseLostError as exc:
-            return {"claimed": False, "reason": str(exc)}
+    session = _worker_session(spec["config"], spec["base_dir"])
+    state = ExecutionState.load(spec["state"])
+    run = session._prepare(spec["tasks"], spec["inputs"], state, ExecutionMode.BACKGROUND, spec["run_id"])
+    run.record.created_at = float(spec.get("created_at") or run.record.created_at)
+    try:
+        session._start_record(run)
+    except LeaseLostError as exc:
+        return {"claimed": False, "reason": str(exc)}
+    try:
         _loop.run_sync(run.execute())
-        return {"claimed": True, "status": run.status}
+    finally:
+        with session._lock:
+            session._runs.pop(run.run_id, None)  # the store has it; a worker lives long
+    return {"claimed": True, "status": run.status}
+
+
+_WORKER_SESSIONS: collections.OrderedDict[str, ExecutionSession] = collections.OrderedDict()
+_WORKER_LOCK = threading.Lock()
+_WORKER_PID: int | None = None
+
+
+def _worker_session(config: dict[str, Any], base_dir: str) -> ExecutionSession:
+    """The session a worker process runs specs of one config in: built once per process and
+    config (plugins discovered, backends built, the store opened once), as a long-lived
+    session in one process would be; closed when the process exits."""
+    global _WORKER_PID
+    key = json.dumps([config, base_dir], sort_keys=True)
+    with _WORKER_LOCK:
+        if _WORKER_PID != os.getpid():
+            _WORKER_SESSIONS.clear()  # a forked child: the parent's sessions are not its own
+            if _WORKER_PID is None:
+                atexit.register(_close_worker_sessions)
+            _WORKER_PID = os.getpid()
+        session = _WORKER_SESSIONS.get(key)
+        if session is None or session._closed:
+            session = ExecutionSession(AmshaConfig.model_validate(config), base_dir=base_dir)
+            _WORKER_SESSIONS[key] = session
+            while len(_WORKER_SESSIONS) > 8:
+                _WORKER_SESSIONS.popitem(last=False)[1].close(wait=True)
+        _WORKER_SESSIONS.move_to_end(key)
+        return session
+
+
+def _close_worker_sessions() -> None:
+    for session in list(_WORKER_SESSIONS.values()):
+        session.close(wait=True)
+    _WORKER_SESSIONS.clear()
 
 
 async def _finish_then_cancel(write: Any) -> None:

@@ -408,6 +408,10 @@ class RunControlStore(StateStore, Protocol):
       ``heartbeat_at``, ``lease_expires_at`` and ``cancel_request`` are written only by
       the methods below. ``get_run`` and ``list_runs`` return them.
 
+    Optional: a ``cheap_control_reads = True`` attribute says :meth:`read_control` is quick
+    enough (a local index lookup that writers never block) for the owner to call it from its
+    event loop every ``cancel_poll_s`` without a thread hop.
+
     Optional: ``wait_for_events(run_id, from_seq, timeout_s) -> list[dict]`` blocks until
     the run has events with ``seq >= from_seq`` (returning them) or ``timeout_s`` passes
     (returning ``[]``). A store with notifications (PostgreSQL's LISTEN/NOTIFY) implements
