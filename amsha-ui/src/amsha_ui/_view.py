@@ -339,9 +339,11 @@ def bar_chart(
     *,
     unit: str = "",
     height: int = 160,
+    ticks: Sequence[str] | None = None,
 ) -> Markup:
     """A grouped bar chart as an inline SVG (no script, no external asset): one group per
-    label, one bar per series, a label and its values in each bar's tooltip. Everything
+    label, one bar per series, a label and its values in each bar's tooltip; with few
+    groups, ``ticks`` (default: the labels) name them under the bars. Everything
     interpolated is escaped."""
     n = len(labels)
     k = max(len(series), 1)
@@ -374,6 +376,12 @@ def bar_chart(
                 f'<rect class="bar s{j}" x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 1:.1f}" '
                 f'height="{h:.1f}"><title>{escape(tip)}</title></rect>'
             )
+    if 0 < n <= 16:  # few groups: name each under its bars (cut to the room it has)
+        room = max(3, min(16, int(group_w / 6.5)))
+        for i, label in enumerate(ticks if ticks is not None else labels):
+            text = label if len(label) <= room else label[: room - 1] + "…"
+            cx = left + 3 + i * group_w + min(group_w - 4, bar_w * k) / 2
+            parts.append(f'<text class="tick" x="{cx:.1f}" y="{height - 5}" text-anchor="middle">{escape(text)}</text>')
     if len(series) > 1:
         lx = left
         for j, (name, _) in enumerate(series):

@@ -522,16 +522,18 @@ def _across_charts(runs: list[RunRecord]) -> list[Any]:
     if not runs:
         return []
     labels = [r.run_id for r in runs]
+    ticks = [r.run_id[-8:] for r in runs]  # the run id's random tail; the tooltip has it whole
     metrics = [r.metrics or {} for r in runs]
     totals = [m.get("total") or {} for m in metrics]
     charts = [
-        bar_chart("Run latency", labels, [("latency", [m.get("latency_s") for m in metrics])], unit="s"),
-        bar_chart("Time to first token", labels, [("TTFT", [m.get("ttft_s") for m in metrics])], unit="s"),
+        bar_chart("Run latency", labels, [("latency", [m.get("latency_s") for m in metrics])], unit="s", ticks=ticks),
+        bar_chart("Time to first token", labels, [("TTFT", [m.get("ttft_s") for m in metrics])], unit="s", ticks=ticks),
         bar_chart(
             "Tokens per run",
             labels,
             [("in", [t.get("input_tokens") for t in totals]), ("out", [t.get("output_tokens") for t in totals])],
             unit="tokens",
+            ticks=ticks,
         ),
     ]
     per_call_latency: list[float | None] = []
@@ -543,7 +545,9 @@ def _across_charts(runs: list[RunRecord]) -> list[Any]:
         per_call_latency.append(sum(lat) / len(lat) if lat else None)
         per_call_ttft.append(sum(ttft) / len(ttft) if ttft else None)
     charts.append(
-        bar_chart("Mean per LLM call", labels, [("latency", per_call_latency), ("TTFT", per_call_ttft)], unit="s")
+        bar_chart(
+            "Mean per LLM call", labels, [("latency", per_call_latency), ("TTFT", per_call_ttft)], unit="s", ticks=ticks
+        )
     )
     tasks: dict[str, list[float]] = {}
     for m in metrics:
