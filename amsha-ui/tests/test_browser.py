@@ -158,7 +158,7 @@ def test_the_state_diff_shows_a_changed_key(page: Page, ui: Server, recorded: Re
 
 def test_metrics_charts(page: Page, ui: Server, recorded: Recorded) -> None:
     page.goto(f"{ui.url}/runs/{recorded.ok}")
-    expect(page.locator(".metrics svg.chart")).to_have_count(5)
+    expect(page.locator(".metrics svg.chart")).to_have_count(6)
     assert page.locator(".metrics svg.chart rect.bar").count() >= 6
     page.goto(ui.url + "/metrics")
     charts = page.locator("svg.chart")

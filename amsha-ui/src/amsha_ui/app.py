@@ -498,8 +498,10 @@ def _run_charts(record: RunRecord, calls: list[Any]) -> list[Any]:
         ),
     ]
     tasks: dict[str, dict[str, float]] = {}
+    first_ttft: dict[str, float | None] = {}
     for c in calls:
         t = tasks.setdefault(c.task or "-", {"in": 0.0, "out": 0.0, "latency": 0.0})
+        first_ttft.setdefault(c.task or "-", c.ttft_s)
         t["in"] += float((c.usage or {}).get("input_tokens") or 0)
         t["out"] += float((c.usage or {}).get("output_tokens") or 0)
         t["latency"] += float(c.latency_s or c.duration or 0)
@@ -514,6 +516,9 @@ def _run_charts(record: RunRecord, calls: list[Any]) -> list[Any]:
     )
     charts.append(
         bar_chart("LLM latency per task", names, [("latency", [tasks[n]["latency"] for n in names])], unit="s")
+    )
+    charts.append(  # the task's first call: how long the task waited for its first token
+        bar_chart("Time to first token per task", names, [("TTFT", [first_ttft[n] for n in names])], unit="s")
     )
     return charts
 
