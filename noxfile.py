@@ -25,6 +25,7 @@ PLUGINS = [
     "amsha-orchestrator-langgraph",
     "amsha-state-sqlite",
     "amsha-observer-opentelemetry",
+    "amsha-ui",
 ]
 # Frameworks phone home unless told not to; tests and demos run offline.
 OFFLINE_ENV = {
@@ -67,6 +68,7 @@ def plugin(session: nox.Session, dist: str) -> None:
         "amsha-orchestrator-langgraph": "amsha_langgraph",
         "amsha-state-sqlite": "amsha_sqlite",
         "amsha-observer-opentelemetry": "amsha_otel",
+        "amsha-ui": "amsha_ui",
     }[dist]
     session.run("python", "-c", f"import {module}.plugin")
     session.run("amsha", "plugins")
@@ -103,9 +105,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def types(session: nox.Session) -> None:
-    """mypy, strict on the core package."""
-    session.install(CORE, "mypy>=1.10", "types-PyYAML", "pytest")
-    session.run("mypy", "amsha-core/src/amsha")
+    """mypy, strict on the core package and on amsha-ui."""
+    session.install(CORE, "./amsha-ui", "mypy>=1.10", "types-PyYAML", "pytest")
+    session.run("mypy", "amsha-core/src/amsha", "amsha-ui/src/amsha_ui")
 
 
 @nox.session
@@ -135,6 +137,15 @@ def langgraph_example(session: nox.Session) -> None:
     _env(session)
     session.install(CORE, "./amsha-orchestrator-langgraph")
     session.run("python", "examples/langgraph/run.py")
+
+
+@nox.session(default=False)
+def ui_screenshots(session: nox.Session) -> None:
+    """The README's screenshots of amsha ui (runs list, a run's timeline), from the
+    quickstart's runs, in Debian's Chromium: writes amsha-ui/docs/runs.png and run.png."""
+    _env(session)
+    session.install(CORE, "./amsha-ui[test]")
+    session.run("python", "amsha-ui/docs/screenshots.py", *session.posargs)
 
 
 @nox.session(default=False)

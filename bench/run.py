@@ -35,6 +35,7 @@ MODULES = (
     "langgraph_orchestrator",
     "otel_observer",
     "runs",
+    "ui_inspector",
 )
 HERE = Path(__file__).resolve().parent
 

@@ -21,8 +21,9 @@ def guide() -> str:
     return README.read_text(encoding="utf-8")
 
 
-def test_the_four_hooks_exist() -> None:
+def test_the_five_hooks_exist() -> None:
     assert HOOKS == [
+        "amsha_register_commands",
         "amsha_register_observers",
         "amsha_register_orchestrators",
         "amsha_register_providers",

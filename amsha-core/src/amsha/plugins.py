@@ -42,7 +42,17 @@ from .errors import (
     UnknownBackendError,
 )
 
-__all__ = ["KINDS", "BackendContext", "BackendEntry", "PluginInfo", "PluginSet", "load_plugins", "refresh"]
+__all__ = [
+    "BUILTIN_COMMANDS",
+    "KINDS",
+    "BackendContext",
+    "BackendEntry",
+    "CommandEntry",
+    "PluginInfo",
+    "PluginSet",
+    "load_plugins",
+    "refresh",
+]
 
 KINDS = ("provider", "orchestrator", "state_store", "observer")
 _HOOKS = {
@@ -60,6 +70,8 @@ KNOWN_DISTRIBUTIONS = {
     ("observer", "opentelemetry"): "amsha-observer-opentelemetry",
 }
 BUILTIN_PLUGIN = "amsha.builtins.plugin"
+#: Subcommands of ``amsha`` that the core itself defines; a plugin cannot take these names.
+BUILTIN_COMMANDS = ("plugins", "config", "run", "runs")
 
 
 @dataclass(slots=True)
@@ -120,6 +132,29 @@ class BackendEntry:
 
 
 @dataclass(slots=True)
+class CommandEntry:
+    """One subcommand of ``amsha`` registered by a plugin (:func:`~amsha.hookspecs.amsha_register_commands`)."""
+
+    name: str
+    setup: Callable[[Any], Any] | str
+    help: str
+    plugin: str
+    distribution: str | None
+    version: str | None
+
+    def resolve_setup(self) -> Callable[[Any], Any]:
+        """The setup callable, imported first if it was given as ``"module:attr"``."""
+        if not isinstance(self.setup, str):
+            return self.setup
+        module_name, _, attr = self.setup.partition(":")
+        try:
+            setup: Callable[[Any], Any] = getattr(importlib.import_module(module_name), attr)
+        except Exception as exc:
+            raise PluginLoadError(self.plugin, self.distribution, self.version, exc) from exc
+        return setup
+
+
+@dataclass(slots=True)
 class PluginInfo:
     """A loaded (or failed) plugin, as ``amsha plugins`` shows it."""
 
@@ -154,6 +189,8 @@ class PluginSet:
         self.plugins: list[PluginInfo] = []
         self.backends: dict[str, dict[str, list[BackendEntry]]] = {k: {} for k in KINDS}
         self.errors: list[PluginLoadError] = []
+        self.commands: dict[str, list[CommandEntry]] = {}
+        """Subcommand name -> the plugins registering it (more than one is a conflict)."""
         self.manager = pluggy.PluginManager("amsha")
         self.manager.add_hookspecs(hookspecs)
 
@@ -189,7 +226,21 @@ class PluginSet:
             for name, entries in names.items():
                 if len(entries) > 1:
                     out.append(DuplicatePluginError(kind, name, [e.plugin for e in entries]))
+        for name, commands in self.commands.items():
+            owners = [c.plugin for c in commands]
+            if name in BUILTIN_COMMANDS:
+                owners.insert(0, "amsha (built-in command)")
+            if len(owners) > 1:
+                out.append(DuplicatePluginError("command", name, owners))
         return out
+
+    def command(self, name: str) -> CommandEntry | None:
+        """The plugin command ``name``, or None when no plugin registers it or the name is
+        contested (a built-in command's name, or registered by two plugins)."""
+        entries = self.commands.get(name, [])
+        if len(entries) != 1 or name in BUILTIN_COMMANDS:
+            return None
+        return entries[0]
 
     def add(
         self, plugin: object, *, name: str, distribution: str | None, version: str | None, builtin: bool = False
@@ -248,6 +299,31 @@ class PluginSet:
                     self._fail(info, exc)
                     self._forget(name)
                     return
+        self._add_commands(plugin, info, trace)
+
+    def _add_commands(self, plugin: object, info: PluginInfo, trace: bool) -> None:
+        for impl in self.manager.hook.amsha_register_commands.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+
+            def register(cname: str, setup: Any, *, help: str = "") -> None:
+                if not isinstance(cname, str) or not cname or cname.startswith("-") or " " in cname:
+                    raise PluginError(f"plugin {info.name!r} registered a command with an invalid name {cname!r}")
+                if not (callable(setup) or (isinstance(setup, str) and ":" in setup)):
+                    raise PluginError(
+                        f"plugin {info.name!r}: command {cname!r} needs a setup callable or a 'module:attr' string"
+                    )
+                entry = CommandEntry(cname, setup, help, info.name, info.distribution, info.version)
+                self.commands.setdefault(cname, []).append(entry)
+                info.registers.append(("command", cname))
+                if trace:
+                    print(f"amsha: plugin {info.name} registers command {cname!r}", file=sys.stderr)
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:
+                self._fail(info, exc)
+                self._forget(info.name)
 
     def _fail(self, info: PluginInfo, exc: BaseException) -> None:
         err = PluginLoadError(info.name, info.distribution, info.version, exc)
@@ -260,6 +336,10 @@ class PluginSet:
                 names[bname] = [e for e in names[bname] if e.plugin != plugin_name]
                 if not names[bname]:
                     del names[bname]
+        for cname in list(self.commands):
+            self.commands[cname] = [c for c in self.commands[cname] if c.plugin != plugin_name]
+            if not self.commands[cname]:
+                del self.commands[cname]
         for info in self.plugins:
             if info.name == plugin_name:
                 info.registers.clear()

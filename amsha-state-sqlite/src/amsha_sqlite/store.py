@@ -67,7 +67,17 @@ from amsha.errors import (
 from amsha.plugins import BackendContext
 from amsha.runcontrol import ENDED, cancel_outcome, cancelled_before_start, check_claim, check_fence, record_body
 from amsha.secrets import redact_obj
-from amsha.state import CancelOutcome, RunControl, RunOwner, RunRecord, StateSnapshot, check_json
+from amsha.state import (
+    CancelOutcome,
+    RunControl,
+    RunOwner,
+    RunPage,
+    RunRecord,
+    RunStatus,
+    StateSnapshot,
+    check_json,
+    run_matches,
+)
 
 __all__ = ["MAX_DEPTH", "SCHEMA_VERSION", "SqliteStore", "build"]
 
@@ -895,6 +905,61 @@ class SqliteStore:
                     (run_id, request),
                 )
         return outcome
+
+    def list_runs_page(
+        self, limit: int, *, before: str | None = None, status: str | None = None, text: str | None = None
+    ) -> RunPage:
+        """A page of runs, newest first, filtered (:class:`~amsha.state.RunPageStore`).
+
+        Walks the ``created_at`` index from the cursor (``"created_at|rowid"``), a batch at a
+        time, decoding only the rows the filters keep: the status is matched in SQL (LOST is a
+        PENDING or RUNNING row whose lease expired, checked on the decoded record), and text
+        made of plain ASCII is looked for in the row's JSON first, then matched exactly."""
+        if limit < 1:
+            raise StateError(f"list_runs_page: limit must be at least 1, got {limit}")
+        at, rowid = float("inf"), 0
+        if before:
+            head, _, tail = before.partition("|")
+            try:
+                at, rowid = float(head), int(tail)
+            except ValueError:
+                raise StateError(f"list_runs_page: {before!r} is not a cursor this store returned") from None
+        where, args = [], []
+        if status:
+            stored = RunStatus.ACTIVE if status in (RunStatus.LOST, RunStatus.RUNNING) else {status}
+            where.append(f"r.status IN ({', '.join('?' * len(stored))})")
+            args.extend(sorted(stored))
+        needle = (text or "").lower()
+        if needle and needle.isascii() and needle.isprintable() and '"' not in needle and "\\" not in needle:
+            where.append("instr(lower(CAST(r.body AS TEXT)), ?) > 0")
+            args.append(needle)
+        sql = (
+            "SELECT r.rowid, r.created_at, r.body, c.owner, c.heartbeat_at, c.lease_expires_at, c.cancel_request "
+            "FROM runs r LEFT JOIN run_control c ON c.run_id = r.run_id "
+            "WHERE (r.created_at < ? OR (r.created_at = ? AND r.rowid < ?))"
+            + "".join(f" AND {w}" for w in where)
+            + " ORDER BY r.created_at DESC, r.rowid DESC LIMIT ?"
+        )
+        batch = max(2 * limit, 64)
+        now = time.time()
+        out: list[RunRecord] = []
+        last: tuple[float, int] | None = None
+        while True:
+            with self._read("list_runs_page") as conn:
+                rows = conn.execute(sql, (at, at, rowid, *args, batch)).fetchall()
+            for row in rows:
+                row_id, created_at = row[0], row[1]
+                at, rowid = created_at, row_id
+                record = self._record(row[2:]).observed(now)
+                if not run_matches(record, status, text):
+                    continue
+                if len(out) == limit:
+                    assert last is not None
+                    return RunPage(out, f"{last[0]!r}|{last[1]}")
+                out.append(record)
+                last = (created_at, row_id)
+            if len(rows) < batch:
+                return RunPage(out, None)
 
     # ---- events -----------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from ..runcontrol import (
     with_control,
 )
 from ..secrets import redact_obj
-from ..state import CancelOutcome, RunControl, RunOwner, RunRecord, StateSnapshot
+from ..state import CancelOutcome, RunControl, RunOwner, RunPage, RunRecord, StateSnapshot, page_of_runs
 
 __all__ = ["FileStore", "FileStoreOptions", "MemoryStore"]
 
@@ -126,6 +126,16 @@ class MemoryStore:
         with self._lock:
             records = sorted(self._runs.values(), key=lambda r: r.created_at, reverse=True)[:limit]
             return [self._out(r) for r in records]
+
+    def list_runs_page(
+        self, limit: int, *, before: str | None = None, status: str | None = None, text: str | None = None
+    ) -> RunPage:
+        """A page of runs, newest first, filtered (:class:`~amsha.state.RunPageStore`)."""
+        with self._lock:
+            records = [with_control(copy.copy(r), self._control.get(r.run_id)) for r in self._runs.values()]
+        page = page_of_runs(records, limit, before=before, status=status, text=text)
+        page.runs = [RunRecord.from_dict(copy.deepcopy(r.to_dict())) for r in page.runs]
+        return page
 
     def claim_run(self, record: RunRecord, owner: RunOwner, lease_s: float) -> RunControl:
         with self._lock:
@@ -441,6 +451,48 @@ class FileStore:
             records.append(record)
         records.sort(key=lambda r: r.created_at, reverse=True)
         return [with_control(r, self._read_control(r.run_id)) for r in records[:limit]]
+
+    def list_runs_page(
+        self, limit: int, *, before: str | None = None, status: str | None = None, text: str | None = None
+    ) -> RunPage:
+        """A page of runs, newest first, filtered (:class:`~amsha.state.RunPageStore`).
+
+        Every record and control file is looked at (``stat``), but one is parsed again only
+        when it changed since this store object last read it, so a browser refreshing its
+        page of ten thousand runs reads only what changed."""
+        cache: dict[str, tuple[tuple[int, int, int], Any]] = self.__dict__.setdefault("_page_cache", {})
+        records: dict[str, RunRecord] = {}
+        controls: dict[str, RunControl] = {}
+        seen: set[str] = set()
+        with os.scandir(self.root / "runs") as entries:
+            for entry in entries:
+                name = entry.name
+                is_record = name.endswith(".json")
+                if name.startswith(".") or not (is_record or name.endswith(".ctl")):
+                    continue
+                try:
+                    st = entry.stat()
+                    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a replaced file is a new file
+                    hit = cache.get(name)
+                    if hit is None or hit[0] != stamp:
+                        with open(entry.path, encoding="utf-8") as fh:
+                            doc = json.load(fh)
+                        value: Any = RunRecord.from_dict(doc) if is_record else RunControl(**doc)
+                        hit = (stamp, value)
+                        cache[name] = hit
+                except (OSError, ValueError, TypeError):
+                    continue
+                seen.add(name)
+                if is_record:
+                    records[name[: -len(".json")]] = hit[1]
+                else:
+                    controls[name[: -len(".ctl")]] = hit[1]
+        for gone in set(cache) - seen:
+            cache.pop(gone, None)
+        merged = [with_control(copy.copy(r), controls.get(run_id)) for run_id, r in records.items()]
+        page = page_of_runs(merged, limit, before=before, status=status, text=text)
+        page.runs = [RunRecord.from_dict(copy.deepcopy(r.to_dict())) for r in page.runs]
+        return page
 
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]], *, owner: str | None = None) -> None:
         if not events:

@@ -13,5 +13,13 @@ from __future__ import annotations
 
 from .contracts import ObserverContract, OrchestratorContract, ProviderContract, StateStoreContract
 from .runcontrol import RunControlContract
+from .runpages import RunPageContract
 
-__all__ = ["ObserverContract", "OrchestratorContract", "ProviderContract", "RunControlContract", "StateStoreContract"]
+__all__ = [
+    "ObserverContract",
+    "OrchestratorContract",
+    "ProviderContract",
+    "RunControlContract",
+    "RunPageContract",
+    "StateStoreContract",
+]

@@ -41,6 +41,7 @@ from ..provider import LLMChunk, LLMRequest, LLMResponse, Message, ProviderCapab
 from ..session import ExecutionSession
 from ..state import RunRecord, RunStatus
 from .runcontrol import RunControlContract
+from .runpages import RunPageContract
 
 __all__ = ["ObserverContract", "OrchestratorContract", "ProviderContract", "StateStoreContract"]
 
@@ -208,10 +209,11 @@ class ProviderContract:
         _fail(f"the provider built for a {kind} failure did not fail")
 
 
-class StateStoreContract(RunControlContract):
+class StateStoreContract(RunControlContract, RunPageContract):
     """What every :class:`~amsha.StateStore` must do. Fixture to supply: ``store`` (a fresh,
     empty store per test). The run-control checks (:class:`RunControlContract`) are skipped,
-    with the reason, for a store built for plugin API 1.0."""
+    with the reason, for a store built for plugin API 1.0; the paging checks
+    (:class:`RunPageContract`) for a store without the optional ``list_runs_page``."""
 
     def test_versions_are_sequential_and_optimistic(self, store: Any) -> None:
         if store.put_state("s", {"a": 1}, expected_version=0) != 1:
