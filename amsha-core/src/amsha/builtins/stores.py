@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import RunNotFoundError, StateError, StateNotFoundError, VersionConflictError
 from ..plugins import BackendContext
 from ..secrets import redact_obj
-from ..state import RunRecord, StateSnapshot
+from ..state import RunRecord, StateSnapshot, check_json
 
 __all__ = ["FileStore", "FileStoreOptions", "MemoryStore"]
 
@@ -41,6 +41,7 @@ class MemoryStore:
     def put_state(
         self, state_id: str, data: dict[str, Any], *, expected_version: int, run_id: str | None = None, reason: str = ""
     ) -> int:
+        check_json("data", data)
         data = copy.deepcopy(redact_obj(data))
         with self._lock:
             versions = self._states.setdefault(state_id, [])
@@ -74,8 +75,10 @@ class MemoryStore:
             ]
 
     def put_run(self, record: RunRecord) -> None:
+        data = record.to_dict()
+        check_json("record", data)
         with self._lock:
-            self._runs[record.run_id] = RunRecord.from_dict(copy.deepcopy(redact_obj(record.to_dict())))
+            self._runs[record.run_id] = RunRecord.from_dict(copy.deepcopy(redact_obj(data)))
 
     def get_run(self, run_id: str) -> RunRecord:
         with self._lock:
@@ -90,12 +93,17 @@ class MemoryStore:
             return [RunRecord.from_dict(copy.deepcopy(r.to_dict())) for r in records]
 
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+        for i, event in enumerate(events):
+            check_json(f"events[{i}]", event)
+        # Copied in and out: a caller changing an event dict later must not change the log.
+        copies = copy.deepcopy(list(events))
         with self._lock:
-            self._events.setdefault(run_id, []).extend(events)
+            self._events.setdefault(run_id, []).extend(copies)
 
     def read_events(self, run_id: str, from_seq: int = 0) -> list[dict[str, Any]]:
         with self._lock:
-            return [e for e in self._events.get(run_id, []) if e["seq"] >= from_seq]
+            found = [e for e in self._events.get(run_id, []) if e["seq"] >= from_seq]
+        return copy.deepcopy(found)
 
     def delete_run(self, run_id: str) -> None:
         with self._lock:
@@ -154,6 +162,7 @@ class FileStore:
         if expected_version != latest:
             raise VersionConflictError(state_id, expected_version, latest)
         new = latest + 1
+        check_json("data", data)
         body = json.dumps(
             {
                 "state_id": state_id,
@@ -205,7 +214,9 @@ class FileStore:
     def put_run(self, record: RunRecord) -> None:
         path = self.root / "runs" / f"{self._safe(record.run_id)}.json"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(redact_obj(record.to_dict()), ensure_ascii=False), encoding="utf-8")
+        data = record.to_dict()
+        check_json("record", data)
+        tmp.write_text(json.dumps(redact_obj(data), ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, path)
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -228,6 +239,8 @@ class FileStore:
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
         if not events:
             return
+        for i, event in enumerate(events):
+            check_json(f"events[{i}]", event)
         blob = "".join(json.dumps(redact_obj(e), ensure_ascii=False) + "\n" for e in events)
         with self._lock, open(self.root / "events" / f"{self._safe(run_id)}.jsonl", "a", encoding="utf-8") as fh:
             fh.write(blob)
