@@ -17,8 +17,12 @@ T = TypeVar("T")
 
 
 def fail(message: str) -> NoReturn:
-    """Fail the test with ``contract: <message>`` (no traceback: the message says it all)."""
-    pytest.fail(f"contract: {message}", pytrace=False)
+    """Fail the test with ``contract: <message>`` (no traceback: the message says it all,
+    and no chained exception: the backend's error is named in it)."""
+    try:
+        pytest.fail(f"contract: {message}", pytrace=False)
+    except pytest.fail.Exception as outcome:
+        raise outcome from None
 
 
 class Missing:

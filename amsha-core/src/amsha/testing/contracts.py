@@ -402,12 +402,20 @@ class OrchestratorContract:
         fail('supply the `orchestrator_config` fixture: return the orchestrator config section, e.g. {"name": "direct"}')
 
     @pytest.fixture
-    def session_for(self, orchestrator_config: dict[str, Any]) -> Iterator[Callable[..., ExecutionSession]]:
+    def orchestrator_plugins(self) -> list[Any]:
+        """Plugin objects the suite's sessions get in code (``ExecutionSession(plugins=...)``),
+        for an orchestrator that is not installed as a distribution; default: none."""
+        return []
+
+    @pytest.fixture
+    def session_for(
+        self, orchestrator_config: dict[str, Any], orchestrator_plugins: list[Any]
+    ) -> Iterator[Callable[..., ExecutionSession]]:
         """Sessions on the scripted provider with this orchestrator, closed at the end."""
         sessions: list[ExecutionSession] = []
 
         def make(delay: float = 0.0) -> ExecutionSession:
-            session = ExecutionSession(_run_config(orchestrator_config, delay))
+            session = ExecutionSession(_run_config(orchestrator_config, delay), plugins=orchestrator_plugins)
             sessions.append(session)
             return session
 
@@ -501,10 +509,12 @@ class OrchestratorContract:
         if "summarize" in {e.task for e in handle.stream() if e.kind == "task.started"}:
             fail("no task may start after cancel")
 
-    def test_provider_errors_surface_typed(self, orchestrator_config: dict[str, Any]) -> None:
+    def test_provider_errors_surface_typed(
+        self, orchestrator_config: dict[str, Any], orchestrator_plugins: list[Any]
+    ) -> None:
         config = _run_config(orchestrator_config)
         config["provider"]["options"]["failures"] = [{"kind": "bad_request", "message": "contract bad request"}]
-        with ExecutionSession(config) as session:
+        with ExecutionSession(config, plugins=orchestrator_plugins) as session:
             try:
                 session.run(["gather"]).result(timeout=60)
             except Exception as exc:
