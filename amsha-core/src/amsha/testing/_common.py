@@ -83,7 +83,9 @@ def exception_texts(exc: BaseException) -> list[str]:
                 out.append(json.dumps(to_dict(), default=repr))
             except Exception:  # a broken to_dict is another suite's business
                 pass
-        current = current.__cause__ or current.__context__
+        # Followed as a traceback shows them: the cause, else the context unless suppressed
+        # (``raise ... from None`` hides it).
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return out
 
 
