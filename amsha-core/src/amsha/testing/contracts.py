@@ -449,14 +449,20 @@ class OrchestratorContract:
         events = list(handle.stream())
         if [e.seq for e in events] != list(range(len(events))):
             fail("events must be numbered without gaps")
-        spans = {e.span_id: e for e in events if e.kind == "task.started"}
+        tasks = {e.span_id: e for e in events if e.kind == "task.started"}
+        parents = {e.span_id: e.parent_id for e in events if e.kind.endswith(".started")}
         llm = [e for e in events if e.kind == "llm.started"]
         if not llm:
             fail("LLM calls must go through Amsha's LLM (the proxy rule): no llm.started event was seen")
         for event in llm:
-            parent = spans.get(event.parent_id or "")
-            if parent is None or parent.task != event.task:
-                fail(f"llm.started of task {event.task!r} must have that task's span as parent")
+            # The task's span is the LLM call's parent, or an ancestor (an agent span between).
+            span, seen = event.parent_id, set()
+            while span and span not in tasks and span not in seen:
+                seen.add(span)
+                span = parents.get(span)
+            owner = tasks.get(span or "")
+            if owner is None or owner.task != event.task:
+                fail(f"llm.started of task {event.task!r} must sit under that task's span (parent_id chain)")
         finished = [e.task for e in events if e.kind == "task.finished"]
         if finished != ["gather", "summarize"]:
             fail(f"each task must be recorded finished (task.finished), in order; got {finished}")
