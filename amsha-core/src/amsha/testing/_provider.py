@@ -839,11 +839,13 @@ class ProviderContract:
 
         for status in (401, 403, 429, 500, 400):
             peer.responder = echo
-            for path, call in (
+            calls: list[tuple[str, Callable[[], Any]]] = [
                 ("generate()", lambda: p.generate(llm_request)),
                 ("agenerate()", lambda: asyncio.run(p.agenerate(llm_request))),
-                ("stream()", lambda: list(p.stream(llm_request))),
-            ):
+            ]
+            if p.capabilities.streaming:
+                calls.append(("stream()", lambda: list(p.stream(llm_request))))
+            for path, call in calls:
                 try:
                     call()
                 except Exception as exc:
