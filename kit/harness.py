@@ -31,7 +31,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     owner = report.nodeid.split("::")[1] if "::" in report.nodeid else "?"
     text = report.longreprtext.strip()
     # A contract failure (pytest.fail with pytrace=False) is its message alone.
-    _failures.setdefault(owner, []).append({"test": report.nodeid.split("::")[-1], "when": report.when, "message": text})
+    _failures.setdefault(owner, []).append(
+        {"test": report.nodeid.split("::")[-1], "when": report.when, "message": text}
+    )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -225,7 +225,9 @@ class UsageTotalWrong(ReferenceProvider):
     def response(self, data: dict[str, Any]) -> LLMResponse:
         response = super().response(data)
         if response.usage is not None:
-            response.usage = Usage(response.usage.input_tokens, response.usage.output_tokens, response.usage.output_tokens)
+            response.usage = Usage(
+                response.usage.input_tokens, response.usage.output_tokens, response.usage.output_tokens
+            )
         return response
 
 
@@ -325,7 +327,12 @@ class RacyWrites(ReferenceStore):
         time.sleep(0.01)
         with self.lock:
             self.states.setdefault(state_id, []).append(
-                {"data": "{}" if not data else __import__("json").dumps(data), "at": time.time(), "run_id": kw.get("run_id"), "reason": ""}
+                {
+                    "data": "{}" if not data else __import__("json").dumps(data),
+                    "at": time.time(),
+                    "run_id": kw.get("run_id"),
+                    "reason": "",
+                }
             )
             return len(self.states[state_id])
 
@@ -421,7 +428,18 @@ class DropsLongAnswers(ReferenceOrchestrator):
 
 
 class RaisesOnUnknownKind(ReferenceObserver):
-    KNOWN = frozenset({"run.started", "run.finished", "task.started", "task.finished", "llm.started", "llm.token", "llm.finished", "state.snapshot"})
+    KNOWN = frozenset(
+        {
+            "run.started",
+            "run.finished",
+            "task.started",
+            "task.finished",
+            "llm.started",
+            "llm.token",
+            "llm.finished",
+            "state.snapshot",
+        }
+    )
 
     def on_event(self, event: Any) -> None:
         if event.kind not in self.KNOWN:

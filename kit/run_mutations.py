@@ -27,11 +27,32 @@ def main() -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results.json"
-        env = {**os.environ, "KIT_RESULTS": str(results), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "KIT_RESULTS": str(results),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", str(ROOT / "kit" / "suites.py"), "-q", "-p", "no:cacheprovider",
-             "-p", "kit.harness", "--tb=no", "-o", "console_output_style=classic", *sys.argv[1:]],
-            env=env, cwd=ROOT, capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                str(ROOT / "kit" / "suites.py"),
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "kit.harness",
+                "--tb=no",
+                "-o",
+                "console_output_style=classic",
+                *sys.argv[1:],
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if not results.exists():
             print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n")
@@ -63,11 +84,15 @@ def main() -> int:
             if contract:
                 killed_kind += 1
                 first = got[0]
-                print(f"  killed   {kind}/{mname} ({what})\n           by {first['test']}: {first['message'].splitlines()[0][:160]}")
+                print(
+                    f"  killed   {kind}/{mname} ({what})\n           by {first['test']}: {first['message'].splitlines()[0][:160]}"
+                )
             elif got:
                 ok = False
                 first = next(f for f in got if not f["message"].startswith("contract:"))
-                print(f"  NOT A CONTRACT MESSAGE  {kind}/{mname}: {first['test']} ({first['when']}): {first['message'][:300]}")
+                print(
+                    f"  NOT A CONTRACT MESSAGE  {kind}/{mname}: {first['test']} ({first['when']}): {first['message'][:300]}"
+                )
             else:
                 ok = False
                 print(f"  SURVIVED {kind}/{mname} ({what})")
@@ -76,7 +101,9 @@ def main() -> int:
     score = 100.0 * killed_total / total if total else 0.0
     wall = time.perf_counter() - started
     print("per kind: " + ", ".join(f"{k} {a}/{b}" for k, (a, b) in per_kind.items()))
-    print(f"mutation score: {score:.0f}% ({killed_total} of {total} mutants killed with contract: messages) in {wall:.0f}s")
+    print(
+        f"mutation score: {score:.0f}% ({killed_total} of {total} mutants killed with contract: messages) in {wall:.0f}s"
+    )
     if total < 25:
         print("kit_mutations: fewer than 25 mutants")
         ok = False

@@ -63,7 +63,18 @@ def test_every_provider_error_is_in_the_guide_with_its_retryable(guide: str) -> 
 def test_every_store_method_is_in_the_guide(guide: str) -> None:
     from amsha.state import StateStore
 
-    for name in ("put_state", "get_state", "list_versions", "put_run", "get_run", "list_runs", "append_events", "read_events", "delete_run", "close"):
+    for name in (
+        "put_state",
+        "get_state",
+        "list_versions",
+        "put_run",
+        "get_run",
+        "list_runs",
+        "append_events",
+        "read_events",
+        "delete_run",
+        "close",
+    ):
         assert callable(getattr(StateStore, name))
         assert f"| `{name}(" in guide, name
 
@@ -84,7 +95,9 @@ def test_the_guides_acme_provider_passes_the_provider_contract(guide: str, pytes
     plugin = _blocks(guide, "# amsha_acme/plugin.py")
     provider = _blocks(guide, "# amsha_acme/provider.py")
     start = guide.index("### Testing a plugin with the contract suites")
-    test = guide[guide.index("```python", start) + len("```python") : guide.index("```\n", guide.index("```python", start) + 9)]
+    test = guide[
+        guide.index("```python", start) + len("```python") : guide.index("```\n", guide.index("```python", start) + 9)
+    ]
     pkg = pytester.mkpydir("amsha_acme")
     (pkg / "plugin.py").write_text(plugin)
     (pkg / "provider.py").write_text(provider)

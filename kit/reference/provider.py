@@ -15,8 +15,17 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
-from amsha import LLMChunk, LLMRequest, LLMResponse, ProviderCapabilities, ToolCall, ToolCallDelta, Usage, errors
-from amsha import get_secret
+from amsha import (
+    LLMChunk,
+    LLMRequest,
+    LLMResponse,
+    ProviderCapabilities,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    errors,
+    get_secret,
+)
 from amsha.testing import HTTPPeer, PeerReply, PeerRequest
 
 NAME = "reference"
@@ -28,7 +37,12 @@ class ReferenceProvider:
 
     name = NAME
     capabilities = ProviderCapabilities(
-        streaming=True, tools=True, structured_output=True, usage_in_stream=True, usage_in_response=True, native_async=True
+        streaming=True,
+        tools=True,
+        structured_output=True,
+        usage_in_stream=True,
+        usage_in_response=True,
+        native_async=True,
     )
 
     def __init__(self, base_url: str, model: str = "ref-1", timeout_s: float = 10.0) -> None:
@@ -87,7 +101,10 @@ class ReferenceProvider:
         body: dict[str, Any] = {"model": request.model or self.model, "messages": messages, "stream": stream}
         if request.tools:
             body["tools"] = [
-                {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+                {
+                    "type": "function",
+                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                }
                 for t in request.tools
             ]
         if request.response_format:
@@ -121,7 +138,9 @@ class ReferenceProvider:
     def chunk(self, data: dict[str, Any]) -> LLMChunk:
         message = data.get("message") or {}
         deltas = [
-            ToolCallDelta(i, c.get("id") or f"call_{i}", c["function"]["name"], json.dumps(c["function"].get("arguments", {})))
+            ToolCallDelta(
+                i, c.get("id") or f"call_{i}", c["function"]["name"], json.dumps(c["function"].get("arguments", {}))
+            )
             for i, c in enumerate(message.get("tool_calls") or [])
         ] or None
         if data.get("done"):
@@ -259,8 +278,10 @@ def responder(request: PeerRequest) -> PeerReply:
     model = body.get("model", "ref-1")
     prompt = sum(len(str(m.get("content") or "").split()) for m in body.get("messages", []))
     calls: list[dict[str, Any]] = []
-    if body.get("tools") and body["messages"][-1].get("role") == "user" and "Call magic_function" in str(
-        body["messages"][-1].get("content")
+    if (
+        body.get("tools")
+        and body["messages"][-1].get("role") == "user"
+        and "Call magic_function" in str(body["messages"][-1].get("content"))
     ):
         calls = [{"function": {"name": "magic_function", "arguments": {"input": 3}}}]
         text = ""
@@ -281,7 +302,9 @@ def responder(request: PeerRequest) -> PeerReply:
         return PeerReply.json({**done, "message": message})
     lines: list[Any] = [{"model": model, "message": {"role": "assistant", "content": p}, "done": False} for p in pieces]
     if calls:
-        lines.append({"model": model, "message": {"role": "assistant", "content": "", "tool_calls": calls}, "done": False})
+        lines.append(
+            {"model": model, "message": {"role": "assistant", "content": "", "tool_calls": calls}, "done": False}
+        )
     lines.append({**done, "message": {"role": "assistant", "content": ""}})
     return PeerReply.lines(lines)
 

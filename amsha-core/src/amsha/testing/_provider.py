@@ -64,7 +64,7 @@ _ERROR_TYPES = {
     404: "not_found_error",
     400: "invalid_request_error",
 }
-TIMEOUT_S = 0.3
+TIMEOUT_S = 0.2
 """The client timeout ``peer_provider`` is asked for in the timeout checks."""
 WATCHDOG_LIMIT_S = 0.15
 """The longest an async method may hold the event loop while waiting on the network."""
@@ -294,7 +294,7 @@ class ProviderContract:
         )
 
     @pytest.fixture
-    def peer_provider(self) -> Callable[[HTTPPeer, float], Any] | None | Missing:
+    def peer_provider(self) -> Callable[[HTTPPeer, float], Any] | Missing | None:
         """``(peer, timeout_s) -> provider`` pointed at an HTTPPeer; None if not HTTP."""
         return Missing(
             "peer_provider",
@@ -304,7 +304,7 @@ class ProviderContract:
         )
 
     @pytest.fixture
-    def api_key_env(self) -> str | None | Missing:
+    def api_key_env(self) -> str | Missing | None:
         """The environment variable holding the provider's key (None: it takes none)."""
         return Missing(
             "api_key_env",
@@ -495,7 +495,10 @@ class ProviderContract:
         stop = words[1]
         request = copy.deepcopy(llm_request)
         request.stop = [stop]
-        texts = {"generate()": provider.generate(request).text, "agenerate()": asyncio.run(provider.agenerate(request)).text}
+        texts = {
+            "generate()": provider.generate(request).text,
+            "agenerate()": asyncio.run(provider.agenerate(request)).text,
+        }
         if provider.capabilities.streaming:
             texts["stream()"] = _text(list(provider.stream(request)))
         for path, text in texts.items():
@@ -574,9 +577,7 @@ class ProviderContract:
 
     # ---- typed errors ------------------------------------------------------------------
 
-    def _failing(
-        self, kind: str, failing_provider: Any, peer_provider: Any, peers: _Peers
-    ) -> Callable[[], Any]:
+    def _failing(self, kind: str, failing_provider: Any, peer_provider: Any, peers: _Peers) -> Callable[[], Any]:
         """A builder of providers failing as ``kind``: the plugin's, or one over a peer."""
         if callable(failing_provider) and failing_provider(kind) is not None:
             return lambda: failing_provider(kind)
@@ -616,7 +617,9 @@ class ProviderContract:
                 call(make())
             except ProviderError as exc:
                 if not isinstance(exc, expected):
-                    fail(f"a {kind} failure must raise {expected.__name__} from {path}, got {type(exc).__name__}: {exc}")
+                    fail(
+                        f"a {kind} failure must raise {expected.__name__} from {path}, got {type(exc).__name__}: {exc}"
+                    )
                 if exc.retryable is not retryable:
                     fail(f"{type(exc).__name__}.retryable must be {retryable} ({kind}, from {path})")
                 if via_peer and kind == "rate_limit" and getattr(exc, "retry_after", None) != 1.0:
@@ -659,7 +662,9 @@ class ProviderContract:
                     )
                 return
             except Exception as exc:
-                fail(f"a stream broken mid-way must raise an amsha ProviderError from {path}, got {type(exc).__name__}: {exc}")
+                fail(
+                    f"a stream broken mid-way must raise an amsha ProviderError from {path}, got {type(exc).__name__}: {exc}"
+                )
             fail(f"{path}: a stream broken mid-way ended without an error (the break was swallowed)")
 
         def sync(p: Any, got: list[LLMChunk]) -> None:
@@ -683,7 +688,9 @@ class ProviderContract:
             if exc.partial_text != "".join(parts):
                 fail(f"through the LLM wrapper, partial_text {exc.partial_text!r} must be {''.join(parts)!r}")
         except Exception as exc:
-            fail(f"through the LLM wrapper, a broken stream must raise StreamInterruptedError, got {type(exc).__name__}")
+            fail(
+                f"through the LLM wrapper, a broken stream must raise StreamInterruptedError, got {type(exc).__name__}"
+            )
         else:
             fail("through the LLM wrapper, a stream broken mid-way ended without an error")
 
@@ -727,7 +734,7 @@ class ProviderContract:
         self._need_peer(peer_provider, "checking that the async methods do not block the event loop")
         peer = _peers.peer()
         p = _peers.provider(peer)
-        peer.shape(first_byte_delay_s=0.4, chunk_delay_s=0.02)
+        peer.shape(first_byte_delay_s=0.3, chunk_delay_s=0.02)
 
         async def go() -> None:
             _, lag = await with_watchdog(lambda: p.agenerate(llm_request))
@@ -811,7 +818,7 @@ class ProviderContract:
         peer_provider: Any,
         failing_provider: Any,
         _peers: _Peers,
-        api_key_env: str | None | Missing,
+        api_key_env: str | Missing | None,
         llm_request: LLMRequest,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
@@ -899,5 +906,8 @@ def _loops_and_threads(provider: Any, request: LLMRequest, who: str) -> None:
     for t in threads:
         t.join(30)
     if errors:
-        exc = errors[0]
-        fail(f"{who}: called from 3 threads at once (each with its own event loop) it raised {type(exc).__name__}: {exc}")
+        first = errors[0]
+        fail(
+            f"{who}: called from 3 threads at once (each with its own event loop) it raised "
+            f"{type(first).__name__}: {first}"
+        )

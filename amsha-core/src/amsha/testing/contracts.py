@@ -130,7 +130,9 @@ class StateStoreContract:
             fail("get_state(id, version) must return that version")
         if [v.version for v in store.list_versions("s")] != [1, 2]:
             fail("list_versions() must list every version, oldest first")
-        _expect_raise(VersionConflictError, "a first write naming version 3", lambda: store.put_state("n", {}, expected_version=3))
+        _expect_raise(
+            VersionConflictError, "a first write naming version 3", lambda: store.put_state("n", {}, expected_version=3)
+        )
 
     def test_concurrent_writers_one_wins(self, store: Any) -> None:
         results: list[Any] = []
@@ -157,7 +159,9 @@ class StateStoreContract:
             fail(f"six writers of version 1 at once: exactly one must win, the others conflict; got {results}")
 
     def test_missing_things_raise_typed_errors(self, store: Any) -> None:
-        _expect_raise(StateNotFoundError, "get_state() of a state never written", lambda: store.get_state("never-written"))
+        _expect_raise(
+            StateNotFoundError, "get_state() of a state never written", lambda: store.get_state("never-written")
+        )
         store.put_state("s", {}, expected_version=0)
         _expect_raise(StateNotFoundError, "get_state() of a version never written", lambda: store.get_state("s", 5))
         _expect_raise(RunNotFoundError, "get_run() of a run never recorded", lambda: store.get_run("never-run"))
@@ -198,7 +202,9 @@ class StateStoreContract:
         if store.list_versions("f"):
             fail("a refused put_state() must store nothing")
         refused("put_run()", lambda: store.put_run(RunRecord("f-run", outputs={"t": value})))
-        refused("append_events()", lambda: store.append_events("f-run", [{"seq": 0, "kind": "k", "data": {"v": value}}]))
+        refused(
+            "append_events()", lambda: store.append_events("f-run", [{"seq": 0, "kind": "k", "data": {"v": value}}])
+        )
         if store.read_events("f-run"):
             fail("a refused append_events() must store nothing")
 
@@ -269,7 +275,7 @@ class StateStoreContract:
             fail("a run with no events reads back as []")
 
     def test_inputs_and_outputs_are_not_aliased(self, store: Any) -> None:
-        data = {"list": [1, 2], "inner": {"k": "v"}}
+        data: dict[str, Any] = {"list": [1, 2], "inner": {"k": "v"}}
         store.put_state("a", data, expected_version=0)
         data["list"].append(3)
         data["inner"]["k"] = "changed"
@@ -291,7 +297,7 @@ class StateStoreContract:
         got_run.inputs["x"].append("w")
         if store.get_run("al").inputs != {"x": ["y"]}:
             fail("changing the record get_run() returned changed the stored record: return a copy")
-        event = {"seq": 0, "kind": "k", "data": {"items": [1]}}
+        event: dict[str, Any] = {"seq": 0, "kind": "k", "data": {"items": [1]}}
         store.append_events("al", [event])
         event["data"]["items"].append(2)
         event["kind"] = "changed"
@@ -315,7 +321,11 @@ class StateStoreContract:
             fail("delete_run() must delete the run's events")
         if store.list_versions("sg"):
             fail("delete_run() must delete the state versions the run wrote")
-        if store.get_run("kept").run_id != "kept" or len(store.read_events("kept")) != 1 or not store.list_versions("sk"):
+        if (
+            store.get_run("kept").run_id != "kept"
+            or len(store.read_events("kept")) != 1
+            or not store.list_versions("sk")
+        ):
             fail("delete_run() must delete only that run's record, events and states")
 
     def _session_secret(self, store: Any, task: str) -> None:
@@ -399,7 +409,9 @@ class OrchestratorContract:
     @pytest.fixture
     def orchestrator_config(self) -> dict[str, Any]:
         """Required: the ``orchestrator:`` config section."""
-        fail('supply the `orchestrator_config` fixture: return the orchestrator config section, e.g. {"name": "direct"}')
+        fail(
+            'supply the `orchestrator_config` fixture: return the orchestrator config section, e.g. {"name": "direct"}'
+        )
 
     @pytest.fixture
     def orchestrator_plugins(self) -> list[Any]:
@@ -573,9 +585,11 @@ class OrchestratorContract:
             fail("a run changed the inputs dict the client passed")
         outputs = result.outputs
         outputs["gather"] = "changed by the client"
-        if result.state is not None:
-            if session.store.get_state(result.state.state_id).data.get("gather") != "alpha beta gamma":
-                fail("changing RunResult.outputs changed the stored state")
+        if (
+            result.state is not None
+            and session.store.get_state(result.state.state_id).data.get("gather") != "alpha beta gamma"
+        ):
+            fail("changing RunResult.outputs changed the stored state")
 
     @staticmethod
     def _secret_run(session: ExecutionSession, task: str) -> None:
@@ -706,7 +720,9 @@ class ObserverContract:
         started = time.perf_counter()
         for r in range(rounds):
             for e in base:
-                observer.on_event(Event(e.kind, f"{e.run_id}-{r}", e.seq, e.ts, e.span_id, e.parent_id, e.task, e.agent, dict(e.data)))
+                observer.on_event(
+                    Event(e.kind, f"{e.run_id}-{r}", e.seq, e.ts, e.span_id, e.parent_id, e.task, e.agent, dict(e.data))
+                )
             elapsed = time.perf_counter() - started
             if elapsed > budget:
                 fail(

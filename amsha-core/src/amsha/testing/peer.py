@@ -464,4 +464,3 @@ def _index(count: int | None, n: int) -> int | None:
     if count is None:
         return None
     return max(0, n + count) if count < 0 else count
-

@@ -29,13 +29,21 @@ def chat_completions_responder(request: PeerRequest) -> PeerReply:
     """Answer a ``POST .../chat/completions`` request (see the module docstring)."""
     body = request.json()
     if not request.path.rstrip("/").endswith("/chat/completions") or not isinstance(body, dict):
-        return PeerReply.json({"error": {"message": f"unknown path {request.path}", "type": "invalid_request_error"}}, status=404)
+        return PeerReply.json(
+            {"error": {"message": f"unknown path {request.path}", "type": "invalid_request_error"}}, status=404
+        )
     model = str(body.get("model"))
     messages = body.get("messages") or []
     last = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     calls: list[dict[str, Any]] = []
     if body.get("tools") and "Call magic_function" in str(last.get("content")):
-        calls = [{"id": "call_peer_0", "type": "function", "function": {"name": "magic_function", "arguments": '{"input": 3}'}}]
+        calls = [
+            {
+                "id": "call_peer_0",
+                "type": "function",
+                "function": {"name": "magic_function", "arguments": '{"input": 3}'},
+            }
+        ]
         text = ""
     elif body.get("response_format"):
         text = json.dumps({"contract_given_name": "Ada", "contract_age_years": 36})
@@ -48,7 +56,11 @@ def chat_completions_responder(request: PeerRequest) -> PeerReply:
     words = text.split(" ")
     pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)] if text else []
     prompt = sum(len(str(m.get("content") or "").split()) for m in messages)
-    usage = {"prompt_tokens": prompt, "completion_tokens": len(pieces) + len(calls), "total_tokens": prompt + len(pieces) + len(calls)}
+    usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": len(pieces) + len(calls),
+        "total_tokens": prompt + len(pieces) + len(calls),
+    }
     finish = "tool_calls" if calls else "stop"
     base = {"id": "chatcmpl-peer", "created": int(time.time()), "model": model}
     if not body.get("stream"):
@@ -56,7 +68,12 @@ def chat_completions_responder(request: PeerRequest) -> PeerReply:
         if calls:
             message["tool_calls"] = calls
         return PeerReply.json(
-            {**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}
+            {
+                **base,
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": usage,
+            }
         )
     chunk = {**base, "object": "chat.completion.chunk"}
 
