@@ -4,11 +4,12 @@ event-loop watchdog and the secret canary."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import pytest
@@ -134,3 +135,20 @@ def _reported(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(f"{what}: the backend raised {type(exc).__name__}: {exc}")
 
     return check
+
+
+@contextlib.contextmanager
+def registered_secret(secret: str | None = None) -> Iterator[None]:
+    """Register ``secret`` for scrubbing (as ``amsha.get_secret`` does) for the duration of
+    a check, and forget every secret registered meanwhile afterwards, so that one check's
+    canaries do not stay registered for the rest of the test process."""
+    from .. import secrets
+
+    before = secrets._secrets
+    if secret is not None:
+        secrets.register_secret(secret)
+    try:
+        yield
+    finally:
+        with secrets._lock:
+            secrets._secrets = before

@@ -40,7 +40,17 @@ from ..errors import (
 )
 from ..llm import LLM
 from ..provider import LLMChunk, LLMRequest, LLMResponse, Message, ProviderCapabilities, ToolCall, ToolSpec, Usage
-from ._common import Missing, canary, contract_suite, exception_texts, fail, leaks, require, with_watchdog
+from ._common import (
+    Missing,
+    canary,
+    contract_suite,
+    exception_texts,
+    fail,
+    leaks,
+    registered_secret,
+    require,
+    with_watchdog,
+)
 from .peer import HTTPPeer, PeerReply, PeerRequest
 
 __all__ = ["ProviderContract"]
@@ -816,7 +826,17 @@ class ProviderContract:
     def test_secret_never_reaches_answers_or_errors(
         self,
         peer_provider: Any,
-        failing_provider: Any,
+        _peers: _Peers,
+        api_key_env: str | Missing | None,
+        llm_request: LLMRequest,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        with registered_secret():  # the canary the provider registers is forgotten afterwards
+            self._secret_check(peer_provider, _peers, api_key_env, llm_request, monkeypatch)
+
+    def _secret_check(
+        self,
+        peer_provider: Any,
         _peers: _Peers,
         api_key_env: str | Missing | None,
         llm_request: LLMRequest,

@@ -39,10 +39,9 @@ from ..errors import (
 )
 from ..events import Event, EventKind
 from ..hookspecs import hookimpl
-from ..secrets import register_secret
 from ..session import ExecutionSession
 from ..state import RunRecord, RunStatus
-from ._common import Missing, canary, contract_suite, fail, leaks, require
+from ._common import Missing, canary, contract_suite, fail, leaks, registered_secret, require
 from ._provider import ProviderContract
 
 __all__ = ["ObserverContract", "OrchestratorContract", "ProviderContract", "StateStoreContract"]
@@ -330,24 +329,24 @@ class StateStoreContract:
 
     def _session_secret(self, store: Any, task: str) -> None:
         secret = canary()
-        register_secret(secret)  # as amsha.get_secret does for a key read from the environment
-        config = _run_config({"name": "direct"})
-        config["state"] = {"name": "contract-store"}
-        plugin = _InstancePlugin("state_store", "contract-store", store)
-        session = ExecutionSession(config, plugins=[plugin])
-        try:
-            handle = session.run([task], inputs={"word": secret})
-            result = handle.result(timeout=60)
-        finally:
-            session.close()
-        held: list[Any] = [store.get_run(handle.run_id).to_dict(), store.read_events(handle.run_id)]
-        if result.state is not None:
-            held.append(store.get_state(result.state.state_id).data)
-        if leaks(secret, *held):
-            fail(
-                "a registered secret given as a run input reached the store's records, events or states "
-                "(Amsha scrubs registered secrets before they leave the core; a store must not undo that)"
-            )
+        with registered_secret(secret):  # as amsha.get_secret registers a key it reads
+            config = _run_config({"name": "direct"})
+            config["state"] = {"name": "contract-store"}
+            plugin = _InstancePlugin("state_store", "contract-store", store)
+            session = ExecutionSession(config, plugins=[plugin])
+            try:
+                handle = session.run([task], inputs={"word": secret})
+                result = handle.result(timeout=60)
+            finally:
+                session.close()
+            held: list[Any] = [store.get_run(handle.run_id).to_dict(), store.read_events(handle.run_id)]
+            if result.state is not None:
+                held.append(store.get_state(result.state.state_id).data)
+            if leaks(secret, *held):
+                fail(
+                    "a registered secret given as a run input reached the store's records, events or states "
+                    "(Amsha scrubs registered secrets before they leave the core; a store must not undo that)"
+                )
 
     def test_a_session_leaves_no_secret_in_the_store(self, store: Any) -> None:
         self._session_secret(store, "guard")
@@ -594,15 +593,15 @@ class OrchestratorContract:
     @staticmethod
     def _secret_run(session: ExecutionSession, task: str) -> None:
         secret = canary()
-        register_secret(secret)  # as amsha.get_secret does for a key read from the environment
-        handle = session.run([task], inputs={"word": secret})
-        result = handle.result(timeout=60)
-        held: list[Any] = [session.store.get_run(handle.run_id).to_dict(), session.store.read_events(handle.run_id)]
-        held += [e.to_dict() for e in handle.stream()]
-        if result.state is not None:
-            held.append(session.store.get_state(result.state.state_id).data)
-        if leaks(secret, *held):
-            fail("a registered secret given as a run input reached the run's events, record or state")
+        with registered_secret(secret):  # as amsha.get_secret registers a key it reads
+            handle = session.run([task], inputs={"word": secret})
+            result = handle.result(timeout=60)
+            held: list[Any] = [session.store.get_run(handle.run_id).to_dict(), session.store.read_events(handle.run_id)]
+            held += [e.to_dict() for e in handle.stream()]
+            if result.state is not None:
+                held.append(session.store.get_state(result.state.state_id).data)
+            if leaks(secret, *held):
+                fail("a registered secret given as a run input reached the run's events, record or state")
 
     def test_a_secret_in_the_inputs_is_never_stored(self, session_for: Callable[..., ExecutionSession]) -> None:
         self._secret_run(session_for(), "guard")
@@ -743,18 +742,18 @@ class ObserverContract:
     @staticmethod
     def _secret_run(observer: Any, output: Callable[[], str], task: str) -> None:
         secret = canary()
-        register_secret(secret)  # as amsha.get_secret does for a key read from the environment
-        with ExecutionSession(_run_config({"name": "direct"}), observers=[observer]) as session:
-            handle = session.run([task], inputs={"word": secret})
-            handle.result(timeout=60)
-            session.flush_observers(10)
-        text = output()
-        if not isinstance(text, str):
-            fail(f"observer_output() must return a str, got {type(text).__name__}")
-        if handle.run_id not in text and task not in text:
-            fail("observer_output() shows nothing of the run the observer saw: return what it wrote or exported")
-        if secret in text:
-            fail("a registered secret given as a run input reached what the observer wrote or exported")
+        with registered_secret(secret):  # as amsha.get_secret registers a key it reads
+            with ExecutionSession(_run_config({"name": "direct"}), observers=[observer]) as session:
+                handle = session.run([task], inputs={"word": secret})
+                handle.result(timeout=60)
+                session.flush_observers(10)
+            text = output()
+            if not isinstance(text, str):
+                fail(f"observer_output() must return a str, got {type(text).__name__}")
+            if handle.run_id not in text and task not in text:
+                fail("observer_output() shows nothing of the run the observer saw: return what it wrote or exported")
+            if secret in text:
+                fail("a registered secret given as a run input reached what the observer wrote or exported")
 
     def test_a_secret_in_the_inputs_never_reaches_its_output(
         self, observer: Any, observer_output: Callable[[], str] | Missing
