@@ -172,11 +172,11 @@ class PluginSet:
         entries = self.backends[kind].get(name)
         if not entries:
             incompatible = [p for p in self.plugins if not p.compatible and kind in p.implements]
-            if incompatible:
-                # Its hooks were never called, so which names it would register is unknown:
-                # prefer the plugin whose entry point or distribution carries the name.
-                named = [p for p in incompatible if name in p.name or name in (p.distribution or "")]
-                info = (named or incompatible)[0]
+            # Their hooks were never called, so which names they would register is unknown: a
+            # plugin whose entry point or distribution carries the name is taken to be it.
+            named = [p for p in incompatible if name in p.name or name in (p.distribution or "")]
+            if named:
+                info = named[0]
                 raise PluginVersionError(
                     info.name,
                     info.api,
@@ -195,6 +195,15 @@ class PluginSet:
             if failed:
                 names = ", ".join(f"{e.name} ({type(e.error).__name__}: {e.error})" for e in failed)
                 hint = (hint + "; " if hint else "") + f"plugins that failed to load: {names}"
+            core = hookspecs.PLUGIN_API_VERSION
+            for info in incompatible:
+                shipped = " ".join(filter(None, (info.distribution, info.version)))
+                hint = (hint + "; " if hint else "") + (
+                    f"plugin {info.name!r}{f' ({shipped})' if shipped else ''} implements {kind.replace('_', ' ')}s but targets plugin API "
+                    f"{info.api} and this amsha-core speaks {core}, so it is not loaded (it may be the one providing "
+                    f"{name!r}): install a release of {info.distribution or info.name} built for plugin API "
+                    f"{core.split('.', maxsplit=1)[0]}.x"
+                )
             raise UnknownBackendError(
                 kind.replace("_", " "), name, self.names(kind), hint=hint, key=key, source=source
             )

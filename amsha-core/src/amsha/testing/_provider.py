@@ -596,6 +596,7 @@ class ProviderContract:
         if isinstance(peer_provider, Missing):
             require(peer_provider, f"producing a {kind} failure (failing_provider returned None)")
         if peer_provider is None:
+            require(failing_provider, f"checking {kind} errors of a provider that speaks no HTTP")
             pytest.skip(f"failing_provider cannot simulate {kind} and the provider speaks no HTTP")
         peer = peers.peer()
         if kind == "timeout":
