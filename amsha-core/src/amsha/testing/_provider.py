@@ -376,7 +376,12 @@ class ProviderContract:
             chunks = await _adrain(provider, llm_request) if provider.capabilities.streaming else []
             return response, chunks
 
-        response, chunks = asyncio.run(both())
+        (response, chunks), lag = asyncio.run(with_watchdog(both))
+        if lag > WATCHDOG_LIMIT_S:
+            fail(
+                f"agenerate()/astream() held the event loop for {lag:.2f}s: they must not block it (use async "
+                "I/O, or asyncio.to_thread for blocking work)"
+            )
         if not isinstance(response, LLMResponse):
             fail(f"agenerate() must return an LLMResponse, got {type(response).__name__}")
         if not response.text and not response.tool_calls:
