@@ -118,8 +118,9 @@ async def with_watchdog(work: Callable[[], Awaitable[T]], tick_s: float = 0.005)
 def contract_suite(cls: type[T]) -> type[T]:
     """Make every ``test_*`` method of a suite report an unexpected exception of the backend
     as a ``contract:`` failure naming the check, like the checks' own failures."""
-    for name, fn in list(vars(cls).items()):
-        if name.startswith("test_") and callable(fn):
+    for name in dir(cls):  # inherited ones too: a mixin's checks report the same way
+        fn = getattr(cls, name)
+        if name.startswith("test_") and callable(fn) and not getattr(fn, "_contract_reported", False):
             setattr(cls, name, _reported(fn))
     return cls
 
@@ -134,6 +135,7 @@ def _reported(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # pytest's outcomes (fail, skip, xfail) are BaseExceptions: they pass
             fail(f"{what}: the backend raised {type(exc).__name__}: {exc}")
 
+    check._contract_reported = True  # type: ignore[attr-defined]
     return check
 
 
