@@ -93,10 +93,14 @@ class MemoryStore:
             return [RunRecord.from_dict(copy.deepcopy(r.to_dict())) for r in records]
 
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
-        for i, event in enumerate(events):
-            check_json(f"events[{i}]", event)
-        # Copied in and out: a caller changing an event dict later must not change the log.
-        copies = copy.deepcopy(list(events))
+        # Copied in (through JSON, which also refuses NaN and infinity) and out: a caller
+        # changing an event dict later must not change the log.
+        try:
+            copies = json.loads(json.dumps(list(events), allow_nan=False))
+        except (TypeError, ValueError):
+            for i, event in enumerate(events):
+                check_json(f"events[{i}]", event)  # raises NonJSONValueError naming the key
+            raise
         with self._lock:
             self._events.setdefault(run_id, []).extend(copies)
 
