@@ -87,6 +87,15 @@ def example_plugin(session: nox.Session) -> None:
 
 
 @nox.session
+def kit_mutations(session: nox.Session) -> None:
+    """The contract kit tests itself: reference plugins of every kind pass their suites, and
+    each planted bug (kit/mutants.py) fails them with ``contract:`` messages; prints the score."""
+    _env(session)
+    session.install(CORE, "httpx>=0.27", "pytest>=8")
+    session.run("python", "kit/run_mutations.py", *session.posargs)
+
+
+@nox.session
 def cross(session: nox.Session) -> None:
     """Cross-package tests: fresh environments with chosen plugins, end to end by CLI."""
     _env(session)

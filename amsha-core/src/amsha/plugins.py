@@ -106,14 +106,15 @@ class BackendEntry:
     version: str | None
     api: str
 
-    def validate_options(self, options: dict[str, Any], key: str) -> Any:
-        """Validate ``options`` against the backend's model; errors name ``key`` paths."""
+    def validate_options(self, options: dict[str, Any], key: str, *, source: str | None = None) -> Any:
+        """Validate ``options`` against the backend's model; errors name ``key`` paths and
+        the config file ``source`` they came from."""
         if self.options_model is None:
             return dict(options)
         try:
             return self.options_model.model_validate(options)
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err, prefix=key)) from None
+            raise ConfigError(format_validation_error(err, prefix=key), source=source) from None
 
     def resolve_factory(self) -> Callable[[BackendContext], Any]:
         if not isinstance(self.factory, str):
@@ -167,6 +168,9 @@ class PluginInfo:
     builtin: bool = False
     registers: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
+    implements: list[str] = field(default_factory=list)
+    """The kinds whose registration hook the plugin implements (known even when its hooks
+    are not called, as for an incompatible plugin)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -178,6 +182,7 @@ class PluginInfo:
             "compatible": self.compatible,
             "builtin": self.builtin,
             "registers": [{"kind": k, "name": n} for k, n in self.registers],
+            "implements": list(self.implements),
             "error": self.error,
         }
 
@@ -197,11 +202,28 @@ class PluginSet:
     def names(self, kind: str) -> list[str]:
         return sorted(self.backends[kind])
 
-    def get(self, kind: str, name: str, *, key: str = "") -> BackendEntry:
+    def get(self, kind: str, name: str, *, key: str = "", source: str | None = None) -> BackendEntry:
         """The backend ``name`` of ``kind``, or a clear error: unknown (listing the installed
-        names and the distribution that provides it), duplicate, or incompatible."""
+        names and the distribution that provides it), duplicate, or incompatible (naming the
+        config ``key``, the config file ``source``, the plugin and both plugin API versions)."""
         entries = self.backends[kind].get(name)
         if not entries:
+            incompatible = [p for p in self.plugins if not p.compatible and kind in p.implements]
+            # Their hooks were never called, so which names they would register is unknown: a
+            # plugin whose entry point or distribution carries the name is taken to be it.
+            named = [p for p in incompatible if name in p.name or name in (p.distribution or "")]
+            if named:
+                info = named[0]
+                raise PluginVersionError(
+                    info.name,
+                    info.api,
+                    hookspecs.PLUGIN_API_VERSION,
+                    info.distribution,
+                    key=key,
+                    source=source,
+                    backend=f"{kind.replace('_', ' ')} {name!r}",
+                    version=info.version,
+                )
             hint = None
             dist = KNOWN_DISTRIBUTIONS.get((kind, name))
             if dist:
@@ -210,14 +232,27 @@ class PluginSet:
             if failed:
                 names = ", ".join(f"{e.name} ({type(e.error).__name__}: {e.error})" for e in failed)
                 hint = (hint + "; " if hint else "") + f"plugins that failed to load: {names}"
-            raise UnknownBackendError(kind.replace("_", " "), name, self.names(kind), hint=hint, key=key)
+            core = hookspecs.PLUGIN_API_VERSION
+            for info in incompatible:
+                shipped = " ".join(filter(None, (info.distribution, info.version)))
+                hint = (hint + "; " if hint else "") + (
+                    f"plugin {info.name!r}{f' ({shipped})' if shipped else ''} implements {kind.replace('_', ' ')}s but targets plugin API "
+                    f"{info.api} and this amsha-core speaks {core}, so it is not loaded (it may be the one providing "
+                    f"{name!r}): install a release of {info.distribution or info.name} built for plugin API "
+                    f"{core.split('.', maxsplit=1)[0]}.x"
+                )
+            raise UnknownBackendError(
+                kind.replace("_", " "), name, self.names(kind), hint=hint, key=key, source=source
+            )
         if len(entries) > 1:
             raise DuplicatePluginError(
                 kind.replace("_", " "), name, [f"{e.plugin} ({e.distribution or 'in code'})" for e in entries]
             )
         entry = entries[0]
         if entry.api.split(".")[0] != hookspecs.PLUGIN_API_VERSION.split(".")[0]:
-            raise PluginVersionError(entry.plugin, entry.api, hookspecs.PLUGIN_API_VERSION, entry.distribution)
+            raise PluginVersionError(
+                entry.plugin, entry.api, hookspecs.PLUGIN_API_VERSION, entry.distribution, key=key, source=source
+            )
         return entry
 
     def conflicts(self) -> list[DuplicatePluginError]:
@@ -256,7 +291,18 @@ class PluginSet:
             compatible=api.split(".", maxsplit=1)[0] == hookspecs.PLUGIN_API_VERSION.split(".")[0],
             builtin=builtin,
         )
+        info.implements = [k for k, hook in _HOOKS.items() if callable(getattr(plugin, hook, None))]
         self.plugins.append(info)
+        if not info.compatible:
+            # Built for another major of the plugin API: its hooks are not called (their
+            # signatures may differ); a session selecting what it would provide is told why.
+            if os.environ.get("AMSHA_TRACE_PLUGINS"):
+                print(
+                    f"amsha: plugin {name} targets plugin API {api}, this core speaks "
+                    f"{hookspecs.PLUGIN_API_VERSION}: not registered",
+                    file=sys.stderr,
+                )
+            return
         try:
             if self.manager.is_registered(plugin):
                 info.error = "already registered"

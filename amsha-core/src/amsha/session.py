@@ -91,6 +91,7 @@ class ExecutionSession:
         if base_dir is not None and not isinstance(config, str | os.PathLike):
             self.base_dir = Path(base_dir)
         self._source = config if isinstance(config, str | os.PathLike) else None
+        self._label = os.fspath(self._source) if self._source is not None else None
         self.plugins: PluginSet = load_plugins(plugins)
         self._extra_plugins = list(plugins)
         cfg = self.config
@@ -139,20 +140,21 @@ class ExecutionSession:
     def _validate(
         self, kind: str, name: str, options: dict[str, Any], key: str, model: str | None = None
     ) -> BackendContext:
-        entry = self.plugins.get(kind, name, key=f"{key}.name")
-        validated = entry.validate_options(options, f"{key}.options")
+        entry = self.plugins.get(kind, name, key=f"{key}.name", source=self._label)
+        validated = entry.validate_options(options, f"{key}.options", source=self._label)
         return BackendContext(kind, name, validated, self.config, self.base_dir, model, key)
 
     def _build(self, kind: str, name: str, options: dict[str, Any], key: str) -> Any:
         ctx = self._validate(kind, name, options, key)
-        entry = self.plugins.get(kind, name, key=f"{key}.name")
+        entry = self.plugins.get(kind, name, key=f"{key}.name", source=self._label)
         try:
             return entry.build(ctx)
         except AmshaError:
             raise
         except Exception as exc:
             raise ConfigError(
-                [(key, f"{kind.replace('_', ' ')} {name!r} could not be built: {type(exc).__name__}: {exc}")]
+                [(key, f"{kind.replace('_', ' ')} {name!r} could not be built: {type(exc).__name__}: {exc}")],
+                source=self._label,
             ) from exc
 
     @property
@@ -174,7 +176,7 @@ class ExecutionSession:
             if llm is None:
                 pcfg, key = self._llm_configs[name]
                 ctx = self._provider_specs[name]
-                entry = self.plugins.get("provider", pcfg.name, key=f"{key}.name")
+                entry = self.plugins.get("provider", pcfg.name, key=f"{key}.name", source=self._label)
                 provider: ILLMProvider = entry.build(ctx)
                 # The config's own retry section for this LLM wins, then the provider's declared
                 # policy (its options), then the top-level ``retry``.

@@ -38,7 +38,16 @@ from ..runcontrol import (
     with_control,
 )
 from ..secrets import redact_obj
-from ..state import CancelOutcome, RunControl, RunOwner, RunPage, RunRecord, StateSnapshot, page_of_runs
+from ..state import (
+    CancelOutcome,
+    RunControl,
+    RunOwner,
+    RunPage,
+    RunRecord,
+    StateSnapshot,
+    check_json,
+    page_of_runs,
+)
 
 __all__ = ["FileStore", "FileStoreOptions", "MemoryStore"]
 
@@ -73,6 +82,7 @@ class MemoryStore:
         reason: str = "",
         owner: str | None = None,
     ) -> int:
+        check_json("data", data)
         data = copy.deepcopy(redact_obj(data))
         with self._lock:
             self._fence(run_id, owner)
@@ -107,6 +117,7 @@ class MemoryStore:
             ]
 
     def put_run(self, record: RunRecord, *, owner: str | None = None) -> None:
+        check_json("record", record.to_dict())
         with self._lock:
             self._fence(record.run_id, owner)
             self._runs[record.run_id] = _body(record)
@@ -195,13 +206,22 @@ class MemoryStore:
             return outcome
 
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]], *, owner: str | None = None) -> None:
+        # Copied in (through JSON, which also refuses NaN and infinity) and out: a caller
+        # changing an event dict later must not change the log.
+        try:
+            copies = json.loads(json.dumps(list(events), allow_nan=False))
+        except (TypeError, ValueError):
+            for i, event in enumerate(events):
+                check_json(f"events[{i}]", event)  # raises NonJSONValueError naming the key
+            raise
         with self._lock:
             self._fence(run_id, owner)
-            self._events.setdefault(run_id, []).extend(copy.deepcopy(list(events)))
+            self._events.setdefault(run_id, []).extend(copies)
 
     def read_events(self, run_id: str, from_seq: int = 0) -> list[dict[str, Any]]:
         with self._lock:
-            return [copy.deepcopy(e) for e in self._events.get(run_id, []) if e["seq"] >= from_seq]
+            found = [e for e in self._events.get(run_id, []) if e["seq"] >= from_seq]
+        return copy.deepcopy(found)
 
     def delete_run(self, run_id: str) -> None:
         with self._lock:
@@ -378,6 +398,7 @@ class FileStore:
         if expected_version != latest:
             raise VersionConflictError(state_id, expected_version, latest)
         new = latest + 1
+        check_json("data", data)
         body = json.dumps(
             {
                 "state_id": state_id,
@@ -431,6 +452,8 @@ class FileStore:
     def _put_body(self, record: RunRecord) -> None:
         path = self.root / "runs" / f"{self._safe(record.run_id)}.json"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        data = record.to_dict()
+        check_json("record", data)
         tmp.write_text(json.dumps(redact_obj(_body(record).to_dict()), ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, path)
 
@@ -497,6 +520,8 @@ class FileStore:
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]], *, owner: str | None = None) -> None:
         if not events:
             return
+        for i, event in enumerate(events):
+            check_json(f"events[{i}]", event)
         blob = "".join(json.dumps(redact_obj(e), ensure_ascii=False) + "\n" for e in events)
         path = self.root / "events" / f"{self._safe(run_id)}.jsonl"
         with self._fence(run_id, owner), self._lock, open(path, "a", encoding="utf-8") as fh:
