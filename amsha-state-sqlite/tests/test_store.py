@@ -72,7 +72,7 @@ def test_file_is_created_in_wal_mode_with_the_schema(tmp_path: Path) -> None:
 def test_selected_by_config_relative_to_the_config_folder(tmp_path: Path) -> None:
     (tmp_path / "amsha.yaml").write_text("state: {name: sqlite, options: {path: data/runs.db, timeout_s: 5}}\n")
     with ExecutionSession(tmp_path / "amsha.yaml") as session:
-        assert isinstance(session.store, SqliteStore)
+        assert isinstance(session.store.inner, SqliteStore)
         assert session.store.path == tmp_path / "data" / "runs.db"
         assert session.store.timeout_s == 5
     assert (tmp_path / "data" / "runs.db").is_file()

@@ -259,8 +259,10 @@ def _run(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"amsha: {_one_line(exc)}", file=sys.stderr)
         if args.json:
+            from .secrets import redact_obj
+
             payload.pop("state", None)
-            print(json.dumps(payload, indent=2, ensure_ascii=False))
+            print(json.dumps(redact_obj(payload), indent=2, ensure_ascii=False))
         elif code == 0:
             _print_metrics(payload["metrics"])
         return code

@@ -1,74 +1,290 @@
 """Secrets: referenced by environment variable name, held as ``SecretStr``, never emitted.
 
 Config never holds a key itself, only the name of the variable that does
-(``api_key_env: OPENAI_API_KEY``). :func:`get_secret` reads it and remembers the value so
-that :func:`redact` can scrub it from anything Amsha writes: events, run records, error
-messages and logs.
+(``api_key_env: OPENAI_API_KEY``). :func:`get_secret` reads it and registers the value so
+that :func:`redact` can scrub it from anything Amsha writes: events (token streams
+included, across token boundaries), run records, states, error messages and logs.
+
+The session reads every secret its backends reference when it is built, before the first
+run record is written: it finds them in each backend's validated options with
+:func:`secret_env_refs` (fields named ``*_env``, or those an options model lists in
+``amsha_secret_env_fields``).
+
+What is scrubbed, for each registered value ``S`` (replaced by ``***``):
+
+* ``S`` itself;
+* a masked form of it, as APIs echo keys back: a prefix of ``S`` (4 to 8 characters), a run
+  of mask characters (``*``, ``•``, ``…``, ``.``) and optionally up to 4 last characters
+  (OpenAI's ``sk-abc1****wxyz``);
+* for values of 16 characters or more, the longest prefix or suffix of ``S`` of at least
+  8 characters found in the text (a key cut short, or its tail).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import SecretStr
 
 from .errors import ConfigError
 
-__all__ = ["get_secret", "redact", "redact_obj", "register_secret"]
+__all__ = [
+    "MASK",
+    "StreamScrubber",
+    "get_secret",
+    "has_secrets",
+    "redact",
+    "redact_obj",
+    "register_secret",
+    "secret_env_refs",
+]
+
+MASK = "***"
+MIN_SECRET = 6
+"""Shorter values are not registered: they would mask ordinary text; no real key is that short."""
+FRAGMENT_MIN_SECRET = 16
+FRAGMENT = 8
+_MASK_CHARS = "*•….·"
+_NEST = 64
+"""Fragments are looked for within the first and last 64 characters of a long secret."""
 
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
-MASK = "***"
+_pattern: re.Pattern[str] | None = None
+_partial: re.Pattern[str] | None = None
+_LONGEST = 0
+ACTIVE = False
+"""True once a secret is registered (read on hot paths instead of calling a function)."""
+
+
+def _prefix(chars: str, required: int) -> str:
+    """The first ``required`` characters of ``chars``, then as many more as match."""
+    out = ""
+    for ch in reversed(chars[required:]):
+        out = f"(?:{re.escape(ch)}{out})?"
+    return re.escape(chars[:required]) + out
+
+
+def _suffix(chars: str, required: int) -> str:
+    """The last ``required`` characters of ``chars``, with as many before them as match."""
+    out = ""
+    for ch in chars[:-required]:
+        out = f"(?:{out}{re.escape(ch)})?"
+    return out + re.escape(chars[-required:])
+
+
+def _compile(secrets: Iterable[str]) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+    full: list[str] = []
+    partial: list[str] = []
+    masks = f"[{re.escape(_MASK_CHARS)}]"
+    # Longer secrets first, so one that contains another is masked whole.
+    for secret in sorted(secrets, key=len, reverse=True):
+        full.append(re.escape(secret))
+        if len(secret) < FRAGMENT_MIN_SECRET:
+            continue
+        head = _prefix(secret[:FRAGMENT], 4)
+        last = secret[-4:]
+        ends = "|".join(re.escape(last[-n:]) for n in range(4, 0, -1))
+        # At one position the first alternative that matches wins: the masked form before
+        # the bare prefix, so its visible tail goes too.
+        full.append(f"{head}{masks}{{2,}}(?:{ends})?")
+        span = secret[:_NEST] if len(secret) > _NEST else secret
+        full.append(_prefix(span, FRAGMENT))
+        span = secret[-_NEST:] if len(secret) > _NEST else secret
+        full.append(_suffix(span, FRAGMENT))
+        starts = "|".join(re.escape(last[:n]) for n in range(3, 0, -1))
+        partial.append(f"{head}{masks}*(?:(?<={masks})(?:{starts}))?$")
+    if not full:
+        return None, None
+    return re.compile("|".join(full)), (re.compile("|".join(partial)) if partial else None)
 
 
 def register_secret(value: str) -> None:
     """Remember a secret value so that it is scrubbed from everything Amsha emits."""
-    global _secrets
-    # Very short values would mask ordinary text; no real key is that short.
-    if len(value) < 6:
+    global _secrets, _pattern, _partial, _LONGEST, ACTIVE
+    if len(value) < MIN_SECRET:
         return
     with _lock:
-        if value not in _secrets:
-            _secrets = (*_secrets, value)
+        if value in _secrets:
+            return
+        secrets = (*_secrets, value)
+        pattern, partial = _compile(secrets)
+        _secrets, _pattern, _partial = secrets, pattern, partial
+        _LONGEST = max(_LONGEST, len(value) + 16)
+        ACTIVE = True
+
+
+def _whitespace_error(env_name: str, key: str) -> ConfigError:
+    return ConfigError(
+        [
+            (
+                key,
+                f"environment variable {env_name!r} holds its secret with leading or trailing whitespace "
+                "(a newline from a file or an echo?); remove it: HTTP headers cannot carry it",
+            )
+        ]
+    )
 
 
 def get_secret(env_name: str, *, required: bool = True, key: str = "api_key_env") -> SecretStr | None:
-    """Read the secret held by environment variable ``env_name``.
+    """Read the secret held by environment variable ``env_name`` and register it.
 
-    Raises :class:`ConfigError` naming the variable and the config key that referenced
-    it when ``required`` and the variable is unset or empty.
+    Raises :class:`ConfigError` naming the variable and the config key that referenced it
+    when ``required`` and the variable is unset or empty, and always when the value has
+    leading or trailing whitespace (both the value as read and as stripped are registered
+    first, so neither can appear in any message).
     """
     value = os.environ.get(env_name)
-    if not value:
+    if not value or not value.strip():
         if required:
             raise ConfigError([(key, f"environment variable {env_name!r} is not set (it should hold the secret)")])
         return None
     register_secret(value)
+    stripped = value.strip()
+    if stripped != value:
+        register_secret(stripped)
+        raise _whitespace_error(env_name, key)
     return SecretStr(value)
 
 
+def secret_env_refs(options: Any, key: str = "") -> list[tuple[str, str]]:
+    """``(config key, environment variable name)`` for every secret a backend's options name.
+
+    ``options`` is the validated options object of a backend (a pydantic model, or a plain
+    mapping for a backend without a model). Secret references are the fields listed in the
+    model's ``amsha_secret_env_fields`` class attribute when it declares one, else every
+    field whose name ends in ``_env``. A field may hold one variable name (``str``), a list
+    of them, or a mapping whose values are names (``{"x-api-key": "ACME_KEY"}``). ``key``
+    is where the options sit in config (``provider.options``), for error messages.
+    """
+    if options is None:
+        return []
+    declared = getattr(type(options), "amsha_secret_env_fields", None)
+    if isinstance(options, Mapping):
+        items: Iterable[tuple[str, Any]] = options.items()
+    else:
+        fields = getattr(type(options), "model_fields", None)
+        if fields is None:
+            return []
+        items = ((name, getattr(options, name, None)) for name in fields)
+    refs: list[tuple[str, str]] = []
+    prefix = f"{key}." if key else ""
+    for name, value in items:
+        if not isinstance(name, str):
+            continue
+        if declared is not None:
+            if name not in declared:
+                continue
+        elif not name.endswith("_env"):
+            continue
+        if isinstance(value, str):
+            refs.append((f"{prefix}{name}", value))
+        elif isinstance(value, Mapping):
+            refs.extend((f"{prefix}{name}.{k}", v) for k, v in value.items() if isinstance(v, str))
+        elif isinstance(value, list | tuple):
+            refs.extend((f"{prefix}{name}[{i}]", v) for i, v in enumerate(value) if isinstance(v, str))
+    return refs
+
+
+def read_secret_refs(refs: Iterable[tuple[str, str]]) -> None:
+    """Read and register the secret of each ``(config key, variable)`` pair that is set.
+
+    A variable that is unset is left for the backend to judge (it may be optional); one
+    whose value has surrounding whitespace raises :class:`ConfigError` naming both.
+    """
+    for key, env_name in refs:
+        if env_name and env_name in os.environ:
+            get_secret(env_name, required=False, key=key)
+
+
 def redact(text: str) -> str:
-    """``text`` with every registered secret replaced by ``***``."""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
+    """``text`` with every registered secret, and recognisable fragments of one, replaced
+    by ``***``."""
+    pattern = _pattern
+    if pattern is None:
+        return text
+    return pattern.sub(MASK, text)
 
 
-def redact_obj(obj: Any) -> Any:
-    """A JSON-like object with every registered secret scrubbed from its strings."""
-    if not _secrets:
+def redact_obj(obj: Any, _depth: int = 0) -> Any:
+    """A JSON-like object with every registered secret scrubbed from its strings (keys
+    included). Containers are copied, never changed in place; tuples become lists."""
+    if _pattern is None:
         return obj
     if isinstance(obj, str):
         return redact(obj)
+    if _depth > 1000:
+        # Deeper than any JSON a store accepts: refuse rather than recurse without end.
+        raise RecursionError("value nested more than 1000 levels deep")
     if isinstance(obj, dict):
-        return {redact(k) if isinstance(k, str) else k: redact_obj(v) for k, v in obj.items()}
+        return {redact(k) if isinstance(k, str) else k: redact_obj(v, _depth + 1) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [redact_obj(v) for v in obj]
+        return [redact_obj(v, _depth + 1) for v in obj]
     return obj
 
 
 def has_secrets() -> bool:
-    return bool(_secrets)
+    """True once any secret is registered."""
+    return ACTIVE
+
+
+class StreamScrubber:
+    """Scrubs a stream of text pieces (a call's tokens) so that a registered secret split
+    across pieces is still scrubbed: :meth:`feed` returns the part of the text seen so far
+    that can no longer turn into a secret or a fragment of one, holding back the rest;
+    :meth:`flush` returns what is held (scrubbed) when the stream ends. Joined, the returned
+    pieces are :func:`redact` of the joined input."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = ""
+
+    def feed(self, text: str) -> str:
+        """The scrubbed text that is safe to emit now (may be '')."""
+        text = self.held + text if self.held else text
+        if _pattern is None:
+            self.held = ""
+            return text
+        keep = _hold(text)
+        if not keep:
+            self.held = ""
+            return redact(text)
+        cut = len(text) - keep
+        # Never cut through a match: what is held must start where a secret could start.
+        for found in _pattern.finditer(text, max(0, cut - _LONGEST)):
+            if found.start() < cut < found.end():
+                cut = found.start()
+                break
+        self.held = text[cut:]
+        return redact(text[:cut]) if cut else ""
+
+    def flush(self) -> str:
+        """What is held back, scrubbed; the scrubber is empty afterwards."""
+        held, self.held = self.held, ""
+        return redact(held) if held else held
+
+
+def _hold(text: str) -> int:
+    """How many trailing characters of ``text`` might be the start of a secret (or of a
+    fragment of one) that the next piece completes."""
+    keep = 0
+    n = len(text)
+    for secret in _secrets:
+        # The longest tail of text that occurs in the secret: each longer tail contains the
+        # shorter one, so the first miss ends the search.
+        k = 0
+        limit = min(n, len(secret) - 1)
+        while k < limit and text[n - k - 1 :] in secret:
+            k += 1
+        keep = max(keep, k)
+    partial = _partial
+    if partial is not None and any(c in text for c in _MASK_CHARS):
+        found = partial.search(text, max(0, n - 64))
+        if found is not None:
+            keep = max(keep, n - found.start())
+    return keep

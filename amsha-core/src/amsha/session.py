@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from . import _loop
+from ._scrub import scrubbing_store
 from .config import AmshaConfig, LLMConfig, ProviderConfig, load_config
 from .errors import (
     AmshaError,
@@ -45,6 +46,7 @@ from .orchestrator import IOrchestrator, RunContext
 from .plugins import BackendContext, PluginSet, load_plugins
 from .provider import ILLMProvider
 from .registry import Registry
+from .secrets import read_secret_refs, secret_env_refs
 from .state import ExecutionState, RunRecord, RunStatus, StateStore
 
 __all__ = ["ExecutionSession", "run_spec"]
@@ -95,7 +97,10 @@ class ExecutionSession:
             name: self._validate("provider", pcfg.name, pcfg.options, key, model=pcfg.model)
             for name, (pcfg, key) in self._llm_configs.items()
         }
-        self.store: StateStore = self._build("state_store", cfg.state.name, cfg.state.options, "state")
+        # Everything the core hands to the store passes the scrubbing boundary first.
+        self.store: StateStore = scrubbing_store(
+            self._build("state_store", cfg.state.name, cfg.state.options, "state")
+        )
         self.orchestrator: IOrchestrator = self._build(
             "orchestrator", cfg.orchestrator.name, cfg.orchestrator.options, "orchestrator"
         )
@@ -122,6 +127,12 @@ class ExecutionSession:
     ) -> BackendContext:
         entry = self.plugins.get(kind, name, key=f"{key}.name")
         validated = entry.validate_options(options, f"{key}.options")
+        # Every secret a backend's options name is read (and so registered for scrubbing)
+        # now, before the first run record is written, not when the backend first uses it.
+        try:
+            read_secret_refs(secret_env_refs(validated, f"{key}.options"))
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, source=self.source) from None
         return BackendContext(kind, name, validated, self.config, self.base_dir, model, key)
 
     def _build(self, kind: str, name: str, options: dict[str, Any], key: str) -> Any:
