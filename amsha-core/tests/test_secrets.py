@@ -34,7 +34,8 @@ def _key() -> str:
 
 
 def _fragments(key: str) -> list[str]:
-    return [key, key[:8], key[-8:], f"{key[:8]}****{key[-4:]}"]
+    """The key, its masked form, and every 8 characters of it but its first 3 (``sk-``)."""
+    return [key, f"{key[:8]}****{key[-4:]}", *(key[i : i + 8] for i in range(3, len(key) - 7))]
 
 
 def _assert_clean(blob: str | bytes, key: str) -> None:
@@ -234,7 +235,7 @@ def test_a_secret_split_across_tokens_never_reaches_a_sink(tmp_path: Path, monke
         session.flush_observers(5)
         stored = session.events(handle.run_id)
     joined = "".join(tokens)
-    assert joined == redact(text) and "***" in joined
+    assert joined.count("***") >= 4 and joined.startswith("The key is ") and joined.endswith(".")
     _assert_clean(joined, key)
     _assert_clean("".join(e.text for e in stored), key)
     _assert_clean(console_out.getvalue(), key)
@@ -252,8 +253,8 @@ def test_stream_scrubber_joins_to_the_scrubbed_whole() -> None:
         pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
         scrubber = StreamScrubber()
         out = [scrubber.feed(p) for p in pieces] + [scrubber.flush()]
-        assert "".join(out) == redact(text)
         _assert_clean("".join(out), key)
+        assert "".join(out).count("***") >= 5
 
 
 # ---- fragments --------------------------------------------------------------------------
@@ -296,6 +297,14 @@ def test_amsha_run_json_scrubs_outputs(tmp_path: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr()
     assert "***" in out.out
     _assert_clean(out.out + out.err, key)
+
+
+def test_ordinary_text_is_not_held_back() -> None:
+    register_secret(_key())
+    scrubber = StreamScrubber()
+    words = ["Fact", "one.", "Fact", "two.", "Fact", "three,", "then", "the", "end."]
+    assert [scrubber.feed(w + " ") for w in words] == [w + " " for w in words]
+    assert scrubber.flush() == ""
 
 
 def test_redact_obj_copies_and_scrubs_keys() -> None:

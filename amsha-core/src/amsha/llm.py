@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from .config import RetryConfig
 from .errors import (
@@ -342,6 +342,15 @@ def _error_dict(error: BaseException) -> dict[str, Any]:
     return {"type": type(error).__name__, "message": str(error)}
 
 
+def _raise(failure: BaseException, exc: BaseException) -> NoReturn:
+    """Raise ``failure`` chained to ``exc``, the error the provider raised; never as its own
+    cause (code walking ``__cause__`` would loop forever) when the provider already raised
+    an Amsha error."""
+    if failure is exc:
+        raise failure
+    raise failure from exc
+
+
 def _as_provider_error(error: Exception, provider: str) -> Exception:
     if isinstance(error, AmshaError):
         return error
@@ -523,7 +532,7 @@ class LLM:
                 attempt += 1
                 delay = call.retry_wait(err, attempt)
                 if delay is None:
-                    raise call.fail(err) from exc
+                    _raise(call.fail(err), exc)
                 self._sleep(delay)
         response = call.finish()
         return self._parse(response, request, response_model)
@@ -565,7 +574,7 @@ class LLM:
                 attempt += 1
                 delay = None if call.started else call.retry_wait(err, attempt)
                 if delay is None:
-                    raise call.fail(err) from exc
+                    _raise(call.fail(err), exc)
                 self._sleep(delay)
         holder.append(call.finish())
 
@@ -604,7 +613,7 @@ class LLM:
                 attempt += 1
                 delay = call.retry_wait(err, attempt)
                 if delay is None:
-                    raise call.fail(err) from exc
+                    _raise(call.fail(err), exc)
                 await asyncio.sleep(delay)
         response = call.finish()
         return self._parse(response, request, response_model)
@@ -648,7 +657,7 @@ class LLM:
                 attempt += 1
                 delay = None if call.started else call.retry_wait(err, attempt)
                 if delay is None:
-                    raise call.fail(err) from exc
+                    _raise(call.fail(err), exc)
                 await asyncio.sleep(delay)
         holder.append(call.finish())
 

@@ -13,11 +13,13 @@ run record is written: it finds them in each backend's validated options with
 What is scrubbed, for each registered value ``S`` (replaced by ``***``):
 
 * ``S`` itself;
-* a masked form of it, as APIs echo keys back: a prefix of ``S`` (4 to 8 characters), a run
-  of mask characters (``*``, ``•``, ``…``, ``.``) and optionally up to 4 last characters
-  (OpenAI's ``sk-abc1****wxyz``);
-* for values of 16 characters or more, the longest prefix or suffix of ``S`` of at least
-  8 characters found in the text (a key cut short, or its tail).
+* for values of 16 characters or more, a masked form of it, as APIs echo keys back: 4 to 8
+  of its first characters, a run of mask characters (``*``, ``•``, ``…``, ``.``) and
+  optionally up to 4 last characters (OpenAI's ``sk-abc1****wxyz``);
+* for those values too, the longest prefix or suffix of ``S`` of at least 8 characters
+  found in the text (a key cut short, or its tail).
+
+(Prefixes and masked forms are recognised from any of the first 4 characters on.)
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ MIN_SECRET = 6
 FRAGMENT_MIN_SECRET = 16
 FRAGMENT = 8
 _MASK_CHARS = "*•….·"
+_MASK_SET = frozenset(_MASK_CHARS)
+HOLD_MIN = 4
 _NEST = 64
 """Fragments are looked for within the first and last 64 characters of a long secret."""
 
@@ -56,6 +60,7 @@ _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
 _pattern: re.Pattern[str] | None = None
 _partial: re.Pattern[str] | None = None
+_grams: tuple[str, ...] = ()
 _LONGEST = 0
 ACTIVE = False
 """True once a secret is registered (read on hot paths instead of calling a function)."""
@@ -86,18 +91,20 @@ def _compile(secrets: Iterable[str]) -> tuple[re.Pattern[str] | None, re.Pattern
         full.append(re.escape(secret))
         if len(secret) < FRAGMENT_MIN_SECRET:
             continue
-        head = _prefix(secret[:FRAGMENT], 4)
         last = secret[-4:]
         ends = "|".join(re.escape(last[-n:]) for n in range(4, 0, -1))
+        starts = "|".join(re.escape(last[:n]) for n in range(3, 0, -1))
+        # Fragments may begin up to HOLD_MIN - 1 characters into the secret: a stream lets
+        # that many through before the piece that completes them (see StreamScrubber).
+        heads = "|".join(_prefix(secret[j:FRAGMENT], 4) for j in range(HOLD_MIN))
         # At one position the first alternative that matches wins: the masked form before
         # the bare prefix, so its visible tail goes too.
-        full.append(f"{head}{masks}{{2,}}(?:{ends})?")
-        span = secret[:_NEST] if len(secret) > _NEST else secret
-        full.append(_prefix(span, FRAGMENT))
-        span = secret[-_NEST:] if len(secret) > _NEST else secret
+        full.append(f"(?:{heads}){masks}{{2,}}(?:{ends})?")
+        span = secret[:_NEST]
+        full.append("|".join(_prefix(span[j:], FRAGMENT) for j in range(HOLD_MIN)))
+        span = secret[-_NEST:]
         full.append(_suffix(span, FRAGMENT))
-        starts = "|".join(re.escape(last[:n]) for n in range(3, 0, -1))
-        partial.append(f"{head}{masks}*(?:(?<={masks})(?:{starts}))?$")
+        partial.append(f"(?:{heads}){masks}*(?:(?<={masks})(?:{starts}))?$")
     if not full:
         return None, None
     return re.compile("|".join(full)), (re.compile("|".join(partial)) if partial else None)
@@ -105,7 +112,7 @@ def _compile(secrets: Iterable[str]) -> tuple[re.Pattern[str] | None, re.Pattern
 
 def register_secret(value: str) -> None:
     """Remember a secret value so that it is scrubbed from everything Amsha emits."""
-    global _secrets, _pattern, _partial, _LONGEST, ACTIVE
+    global _secrets, _pattern, _partial, _grams, _LONGEST, ACTIVE
     if len(value) < MIN_SECRET:
         return
     with _lock:
@@ -113,7 +120,8 @@ def register_secret(value: str) -> None:
             return
         secrets = (*_secrets, value)
         pattern, partial = _compile(secrets)
-        _secrets, _pattern, _partial = secrets, pattern, partial
+        grams = tuple(dict.fromkeys(g for s in secrets for g in _grams_of(s)))
+        _secrets, _pattern, _partial, _grams = secrets, pattern, partial, grams
         _LONGEST = max(_LONGEST, len(value) + 16)
         ACTIVE = True
 
@@ -207,7 +215,20 @@ def redact(text: str) -> str:
     pattern = _pattern
     if pattern is None:
         return text
-    return pattern.sub(MASK, text)
+    for gram in _grams:
+        if gram in text:
+            return pattern.sub(MASK, text)
+    return text
+
+
+def _grams_of(secret: str) -> tuple[str, ...]:
+    """Short pieces one of which any scrubbed form of ``secret`` contains: a cheap test
+    before the full pattern (which is slow to search)."""
+    if len(secret) < FRAGMENT_MIN_SECRET:
+        return (secret,)
+    # A masked form or a prefix holds 4 characters starting within the first HOLD_MIN; a
+    # suffix of 8 or more holds the last 4.
+    return (*(secret[j : j + 4] for j in range(HOLD_MIN)), secret[-4:])
 
 
 def redact_obj(obj: Any, _depth: int = 0) -> Any:
@@ -237,36 +258,69 @@ class StreamScrubber:
     across pieces is still scrubbed: :meth:`feed` returns the part of the text seen so far
     that can no longer turn into a secret or a fragment of one, holding back the rest;
     :meth:`flush` returns what is held (scrubbed) when the stream ends. Joined, the returned
-    pieces are :func:`redact` of the joined input."""
+    pieces never hold a secret nor a fragment :func:`redact` scrubs; at most the first three
+    characters of one may pass before the piece that shows it is one (a tail of fewer than
+    :data:`HOLD_MIN` characters is not held, so ordinary text is never delayed for a letter
+    that happens to occur in a key). Those characters are remembered, so a fragment that
+    begins with them is still recognised and scrubbed."""
 
-    __slots__ = ("held",)
+    __slots__ = ("held", "seen")
 
     def __init__(self) -> None:
         self.held = ""
+        self.seen = ""
+        """The last characters let through (as they were), for matching across pieces."""
 
     def feed(self, text: str) -> str:
         """The scrubbed text that is safe to emit now (may be '')."""
         text = self.held + text if self.held else text
-        if _pattern is None:
+        pattern = _pattern
+        if pattern is None:
             self.held = ""
             return text
-        keep = _hold(text)
-        if not keep:
-            self.held = ""
-            return redact(text)
-        cut = len(text) - keep
-        # Never cut through a match: what is held must start where a secret could start.
-        for found in _pattern.finditer(text, max(0, cut - _LONGEST)):
-            if found.start() < cut < found.end():
-                cut = found.start()
-                break
-        self.held = text[cut:]
-        return redact(text[:cut]) if cut else ""
+        seen = self.seen
+        window = seen + text
+        start = len(seen)
+        keep = min(_hold(window), len(text))
+        cut = len(window) - keep
+        if keep:
+            # Never cut through a match: what is held must start where a secret could start.
+            for found in pattern.finditer(window, max(0, cut - _LONGEST)):
+                if found.start() < cut < found.end():
+                    cut = max(start, found.start())
+                    break
+        self.held = window[cut:]
+        self.seen = window[:cut][-(HOLD_MIN - 1) :]
+        return _scrub_from(pattern, window[:cut], start)
 
     def flush(self) -> str:
         """What is held back, scrubbed; the scrubber is empty afterwards."""
-        held, self.held = self.held, ""
-        return redact(held) if held else held
+        pattern = _pattern
+        held, seen = self.held, self.seen
+        self.held = self.seen = ""
+        if not held or pattern is None:
+            return held
+        return _scrub_from(pattern, seen + held, len(seen))
+
+
+def _scrub_from(pattern: re.Pattern[str], text: str, start: int) -> str:
+    """``text[start:]`` scrubbed, matches looked for in the whole of ``text`` (a match that
+    began in ``text[:start]``, already sent, masks its part in ``text[start:]``)."""
+    if not any(gram in text for gram in _grams):
+        return text[start:]
+    if start == 0:
+        return pattern.sub(MASK, text)
+    out: list[str] = []
+    pos = start
+    for found in pattern.finditer(text):
+        if found.end() <= start:
+            continue
+        begin = max(found.start(), start)
+        out.append(text[pos:begin])
+        out.append(MASK)
+        pos = found.end()
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _hold(text: str) -> int:
@@ -281,9 +335,13 @@ def _hold(text: str) -> int:
         limit = min(n, len(secret) - 1)
         while k < limit and text[n - k - 1 :] in secret:
             k += 1
-        keep = max(keep, k)
+        # A tail of fewer than HOLD_MIN characters is let through: the rest of the secret
+        # that follows is a long enough fragment to be scrubbed, and ordinary text is not
+        # delayed for a letter that happens to occur in a key.
+        if k >= HOLD_MIN:
+            keep = max(keep, k)
     partial = _partial
-    if partial is not None and any(c in text for c in _MASK_CHARS):
+    if partial is not None and not _MASK_SET.isdisjoint(text[-64:]):
         found = partial.search(text, max(0, n - 64))
         if found is not None:
             keep = max(keep, n - found.start())

@@ -34,6 +34,7 @@ from .errors import (
     ConfigError,
     ExecutionError,
     InputError,
+    NonJSONValueError,
     RunCancelledError,
     RunNotFoundError,
 )
@@ -47,7 +48,7 @@ from .plugins import BackendContext, PluginSet, load_plugins
 from .provider import ILLMProvider
 from .registry import Registry
 from .secrets import read_secret_refs, secret_env_refs
-from .state import ExecutionState, RunRecord, RunStatus, StateStore
+from .state import ExecutionState, RunRecord, RunStatus, StateStore, check_json
 
 __all__ = ["ExecutionSession", "run_spec"]
 
@@ -98,9 +99,7 @@ class ExecutionSession:
             for name, (pcfg, key) in self._llm_configs.items()
         }
         # Everything the core hands to the store passes the scrubbing boundary first.
-        self.store: StateStore = scrubbing_store(
-            self._build("state_store", cfg.state.name, cfg.state.options, "state")
-        )
+        self.store: StateStore = scrubbing_store(self._build("state_store", cfg.state.name, cfg.state.options, "state"))
         self.orchestrator: IOrchestrator = self._build(
             "orchestrator", cfg.orchestrator.name, cfg.orchestrator.options, "orchestrator"
         )
@@ -208,7 +207,7 @@ class ExecutionSession:
             raise ExecutionError("this session is closed")
         mode = ExecutionMode(mode)
         names = self.registry.select([tasks] if isinstance(tasks, str) else tasks)
-        inputs = dict(inputs or {})
+        inputs = _checked_inputs(inputs)
         if isinstance(state, ExecutionState):
             st = state
         elif isinstance(state, str):
@@ -727,6 +726,20 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             }
     finally:
         os.chdir(cwd)
+
+
+def _checked_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's inputs, refused with :class:`InputError` naming the input unless each is
+    plain JSON (they are stored with the run's record)."""
+    checked = dict(inputs or {})
+    for key, value in checked.items():
+        if not isinstance(key, str):
+            raise InputError(f"input names must be strings, got {key!r}")
+        try:
+            check_json(key, value)
+        except NonJSONValueError as exc:
+            raise InputError(f"input {exc.key!r}: {str(exc).partition(': ')[2]}") from None
+    return checked
 
 
 def _run_links(observers: Sequence[Any], run_id: str) -> dict[str, str]:

@@ -21,10 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import RunNotFoundError, StateError, StateNotFoundError, VersionConflictError
+from ..errors import NonJSONValueError, RunNotFoundError, StateError, StateNotFoundError, VersionConflictError
 from ..plugins import BackendContext
 from ..secrets import redact_obj
-from ..state import RunRecord, StateSnapshot
+from ..state import RunRecord, StateSnapshot, check_json
 
 __all__ = ["FileStore", "FileStoreOptions", "MemoryStore"]
 
@@ -41,6 +41,7 @@ class MemoryStore:
     def put_state(
         self, state_id: str, data: dict[str, Any], *, expected_version: int, run_id: str | None = None, reason: str = ""
     ) -> int:
+        _check_state(state_id, data)
         data = copy.deepcopy(redact_obj(data))
         with self._lock:
             versions = self._states.setdefault(state_id, [])
@@ -148,13 +149,14 @@ class FileStore:
         self, state_id: str, data: dict[str, Any], *, expected_version: int, run_id: str | None = None, reason: str = ""
     ) -> int:
         folder = self.root / "states" / self._safe(state_id)
+        _check_state(state_id, data)
         folder.mkdir(parents=True, exist_ok=True)
         versions = self._versions(state_id)
         latest = versions[-1] if versions else 0
         if expected_version != latest:
             raise VersionConflictError(state_id, expected_version, latest)
         new = latest + 1
-        body = json.dumps(
+        body = _dumps(
             {
                 "state_id": state_id,
                 "version": new,
@@ -163,23 +165,28 @@ class FileStore:
                 "run_id": run_id,
                 "reason": reason,
             },
-            ensure_ascii=False,
+            f"state {state_id!r}",
         )
         target = folder / f"{new:010d}.json"
         tmp = folder / f".{new:010d}.{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp.write_text(body, encoding="utf-8")
         try:
+            tmp.write_text(body, encoding="ascii")
             # link() fails if the version exists: another writer got there first.
             os.link(tmp, target)
         except FileExistsError:
             now = self._versions(state_id)
             raise VersionConflictError(state_id, expected_version, now[-1] if now else 0) from None
+        except OSError as exc:
+            raise StateError(f"file store: cannot write {target}: {exc.strerror or exc}") from None
         finally:
             tmp.unlink(missing_ok=True)
         return new
 
     def _read_snapshot(self, path: Path) -> StateSnapshot:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StateError(f"file store: cannot read {path}: {exc}") from None
         return StateSnapshot(
             doc["state_id"], doc["version"], doc["data"], doc["created_at"], doc.get("run_id"), doc.get("reason", "")
         )
@@ -205,8 +212,13 @@ class FileStore:
     def put_run(self, record: RunRecord) -> None:
         path = self.root / "runs" / f"{self._safe(record.run_id)}.json"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(redact_obj(record.to_dict()), ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        body = _dumps(redact_obj(record.to_dict()), f"run {record.run_id!r}")
+        try:
+            tmp.write_text(body, encoding="ascii")
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StateError(f"file store: cannot write {path}: {exc.strerror or exc}") from None
 
     def get_run(self, run_id: str) -> RunRecord:
         path = self.root / "runs" / f"{self._safe(run_id)}.json"
@@ -214,6 +226,8 @@ class FileStore:
             return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise RunNotFoundError(f"no run {run_id!r} in {self.root}") from None
+        except (OSError, ValueError) as exc:
+            raise StateError(f"file store: cannot read {path}: {exc}") from None
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         records = []
@@ -228,7 +242,7 @@ class FileStore:
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
         if not events:
             return
-        blob = "".join(json.dumps(redact_obj(e), ensure_ascii=False) + "\n" for e in events)
+        blob = "".join(_dumps(redact_obj(e), f"run {run_id!r}: event") + "\n" for e in events)
         with self._lock, open(self.root / "events" / f"{self._safe(run_id)}.jsonl", "a", encoding="utf-8") as fh:
             fh.write(blob)
             fh.flush()
@@ -263,6 +277,25 @@ class FileStore:
 
     def close(self) -> None:
         pass
+
+
+def _check_state(state_id: str, data: Any) -> None:
+    if not isinstance(data, dict):
+        raise StateError(f"state {state_id!r}: data must be a dict, got {type(data).__name__}")
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise NonJSONValueError(repr(key), key, "state keys must be strings")
+        check_json(key, value)
+
+
+def _dumps(value: Any, what: str) -> str:
+    """``value`` as ASCII JSON: ``\\u`` escapes keep any string Python can hold (a lone
+    surrogate included) readable back exactly, and the file valid UTF-8."""
+    try:
+        return json.dumps(value, ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        check_json(what, value)  # names the bad key when it can
+        raise StateError(f"file store: {what} is not JSON: {exc}") from None
 
 
 def build_memory(ctx: BackendContext) -> MemoryStore:
