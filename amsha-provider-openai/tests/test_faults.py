@@ -29,7 +29,7 @@ def _clean(text: str, key: str) -> None:
 def test_a_keep_alive_only_stream_times_out(openai_server: OpenAIServer, mode: str) -> None:
     openai_server.script(Reply(keepalive_s=0.1), Reply(keepalive_s=0.1))
     provider = openai_server.provider(timeout_s=0.5)
-    llm, log = logged(provider, FAST.model_copy(update={"max_retries": 1}))
+    llm, _ = logged(provider, FAST.model_copy(update={"max_retries": 1}))
     started = time.perf_counter()
 
     async def consume() -> None:
