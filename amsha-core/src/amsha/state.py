@@ -68,7 +68,8 @@ def check_json(key: str, value: Any, _depth: int = 0) -> None:
         if id(item) in above:
             raise NonJSONValueError(path, item, "the value contains itself")
         if depth >= MAX_JSON_DEPTH:
-            raise NonJSONValueError(path, item, f"nested more than {MAX_JSON_DEPTH} levels deep")
+            shown = path if len(path) <= 120 else f"{path[:80]}...{path[-30:]}"
+            raise NonJSONValueError(shown, item, f"nested more than {MAX_JSON_DEPTH} levels deep")
         inner = above | {id(item)}
         if isinstance(item, dict):
             for k, child in item.items():
