@@ -53,6 +53,7 @@ FRAGMENT = 8
 _MASK_CHARS = "*•….·"
 _MASK_SET = frozenset(_MASK_CHARS)
 HOLD_MIN = 4
+_MAX_DEPTH = 256
 _NEST = 64
 """Fragments are looked for within the first and last 64 characters of a long secret."""
 
@@ -238,9 +239,10 @@ def redact_obj(obj: Any, _depth: int = 0) -> Any:
         return obj
     if isinstance(obj, str):
         return redact(obj)
-    if _depth > 1000:
-        # Deeper than any JSON a store accepts: refuse rather than recurse without end.
-        raise RecursionError("value nested more than 1000 levels deep")
+    if _depth > _MAX_DEPTH:
+        # Deeper than any JSON a store accepts (or a value inside itself): nothing below is
+        # kept, rather than recursing without end.
+        return MASK
     if isinstance(obj, dict):
         return {redact(k) if isinstance(k, str) else k: redact_obj(v, _depth + 1) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

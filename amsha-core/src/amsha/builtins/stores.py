@@ -212,9 +212,9 @@ class FileStore:
     def put_run(self, record: RunRecord) -> None:
         path = self.root / "runs" / f"{self._safe(record.run_id)}.json"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        doc = redact_obj(record.to_dict())
+        doc = record.to_dict()
         check_json(f"run {record.run_id!r}", doc)
-        body = _dumps(doc, f"run {record.run_id!r}")
+        body = _dumps(redact_obj(doc), f"run {record.run_id!r}")
         try:
             tmp.write_text(body, encoding="ascii")
             os.replace(tmp, path)
