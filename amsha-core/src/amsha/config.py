@@ -354,6 +354,9 @@ def _read_file(path: Path) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise ConfigError([("", f"cannot read config file: {exc.strerror}")], source=str(path)) from None
+    if _nesting(text) > MAX_CONFIG_DEPTH:
+        # Refused before parsing: a YAML parser takes seconds to reach its recursion limit.
+        raise ConfigError([("", f"nested more than {MAX_CONFIG_DEPTH} levels deep")], source=str(path))
     try:
         data = _parse(text, path)
     except RecursionError:
@@ -366,6 +369,37 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError([("", f"the top level must be a mapping, got {type(data).__name__}")], source=str(path))
     check_config_shape(data, str(path))
     return data
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` in ``text``, outside quotes and comments (an
+    estimate that never overcounts a well-formed file by more than its unbalanced brackets)."""
+    if text.count("[") + text.count("{") <= MAX_CONFIG_DEPTH:
+        return 0
+    depth = peak = 0
+    quote = ""
+    comment = False
+    escaped = False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote == '"':
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "[{":
+            depth += 1
+            peak = max(peak, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            comment = True
+    return peak
 
 
 def _parse(text: str, path: Path) -> Any:

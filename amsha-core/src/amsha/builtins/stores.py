@@ -42,7 +42,7 @@ class MemoryStore:
         self, state_id: str, data: dict[str, Any], *, expected_version: int, run_id: str | None = None, reason: str = ""
     ) -> int:
         _check_state(state_id, data)
-        data = copy.deepcopy(redact_obj(data))
+        data = _json_copy(redact_obj(data))
         with self._lock:
             versions = self._states.setdefault(state_id, [])
             latest = versions[-1].version if versions else 0
@@ -75,8 +75,10 @@ class MemoryStore:
             ]
 
     def put_run(self, record: RunRecord) -> None:
+        doc = record.to_dict()
+        check_json(f"run {record.run_id!r}", doc)
         with self._lock:
-            self._runs[record.run_id] = RunRecord.from_dict(copy.deepcopy(redact_obj(record.to_dict())))
+            self._runs[record.run_id] = RunRecord.from_dict(_json_copy(redact_obj(doc)))
 
     def get_run(self, run_id: str) -> RunRecord:
         with self._lock:
@@ -288,6 +290,15 @@ def _check_state(state_id: str, data: Any) -> None:
         if not isinstance(key, str):
             raise NonJSONValueError(repr(key), key, "state keys must be strings")
         check_json(key, value)
+
+
+def _json_copy(value: Any) -> Any:
+    """A copy of checked JSON as JSON gives it back: tuples become lists, nothing shared."""
+    if isinstance(value, dict):
+        return {k: _json_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_copy(v) for v in value]
+    return value
 
 
 def _dumps(value: Any, what: str) -> str:
