@@ -106,8 +106,12 @@ CASES = [
     Case("auth_echo_401", lambda: [Reply.fail(401, "bad key", echo_auth=True)], E.AuthenticationError, 1),
     Case("server_echo_500", lambda: [Reply.fail(500, "boom", echo_auth=True, times=3)], E.ServerError, 3),
     Case("masked_key", lambda: [], E.AuthenticationError, 1, server_key="sk-another-key-000000000000"),
-    Case("huge_answer", lambda: [Reply(HUGE, chunks=[HUGE[i : i + 65536] for i in range(0, len(HUGE), 65536)])], HUGE, 1),
-    Case("split_surrogates", lambda: [Reply(chunks=["a\ud83d", "\ude00b ", "\ud83d", "\udc4d"])], "a😀b 👍", 1, STREAMS),
+    Case(
+        "huge_answer", lambda: [Reply(HUGE, chunks=[HUGE[i : i + 65536] for i in range(0, len(HUGE), 65536)])], HUGE, 1
+    ),
+    Case(
+        "split_surrogates", lambda: [Reply(chunks=["a\ud83d", "\ude00b ", "\ud83d", "\udc4d"])], "a😀b 👍", 1, STREAMS
+    ),
     Case("error_event_then_ok", lambda: [Reply("x", error_event_after=0), Reply("ok")], "ok", 2, STREAMS),
 ]
 
@@ -169,13 +173,12 @@ def _one(tally: Tally, server: OpenAIServer, case: Case, mode: str) -> None:
             problems.append(f"expected the answer, got {type(error).__name__}: {str(error)[:200]}")
         elif text != case.expect:
             problems.append(f"wrong answer ({len(text)} chars: {text[:60]!r})")
-    else:
-        if error is None:
-            problems.append(f"expected {case.expect.__name__}, got an answer")
-        elif not isinstance(error, case.expect):
-            problems.append(f"expected {case.expect.__name__}, got {type(error).__name__}: {str(error)[:200]}")
-        elif case.not_retryable and getattr(error, "retryable", None) is not False:
-            problems.append("expected a non-retryable error")
+    elif error is None:
+        problems.append(f"expected {case.expect.__name__}, got an answer")
+    elif not isinstance(error, case.expect):
+        problems.append(f"expected {case.expect.__name__}, got {type(error).__name__}: {str(error)[:200]}")
+    elif case.not_retryable and getattr(error, "retryable", None) is not False:
+        problems.append("expected a non-retryable error")
     if error is not None:
         problems += [f"leaked {f[:12]}..." for f in _leaks(_chain_text(error))]
         if not isinstance(error, E.AmshaError):

@@ -112,7 +112,12 @@ def cli(tally: Tally, server: OpenAIServer, tmp: Path) -> None:
             run_ids += found_ids[:1]
         commands = [["runs", "list", "--json"], ["runs", "list"]]
         for run_id in run_ids:
-            commands += [["runs", "show", run_id, "--json"], ["runs", "show", run_id], ["runs", "events", run_id, "--json"], ["runs", "events", run_id]]
+            commands += [
+                ["runs", "show", run_id, "--json"],
+                ["runs", "show", run_id],
+                ["runs", "events", run_id, "--json"],
+                ["runs", "events", run_id],
+            ]
         # The ``runs`` commands read what the runs stored; run in this process (the CLI's
         # own main) to keep the suite quick, with the key in the environment as above.
         os.environ[ENV] = CANARY
