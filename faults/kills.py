@@ -25,7 +25,7 @@ from amsha.errors import AmshaError
 from writer import expected
 
 HERE = Path(__file__).resolve().parent
-ROUNDS = int(os.environ.get("AMSHA_FAULT_KILL_ROUNDS", "8"))
+ROUNDS = int(os.environ.get("AMSHA_FAULT_KILL_ROUNDS", "12"))
 ACKED = [0]
 
 

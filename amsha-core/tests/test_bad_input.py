@@ -263,3 +263,11 @@ def test_provider_errors_are_never_their_own_cause(session_factory: Any, mode: s
         error = error.__cause__ or error.__context__
         seen += 1
         assert seen < 10
+
+
+def test_a_missing_registry_file_names_the_key_and_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "amsha.yaml"
+    path.write_text("agents: missing.yaml\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems[0][0] == "agents" and str(path) in str(info.value) and "missing.yaml" in str(info.value)

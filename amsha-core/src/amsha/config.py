@@ -444,7 +444,11 @@ def _include_registry_files(data: dict[str, Any], base_dir: Path, source: str | 
         if not isinstance(ref, str):
             continue
         path = (base_dir / ref).resolve()
-        loaded = _read_file(path)
+        try:
+            loaded = _read_file(path)
+        except ConfigError as exc:
+            detail = "; ".join(f"{k}: {m}" if k else m for k, m in exc.problems)
+            raise ConfigError([(section, f"cannot read {ref!r} ({path}): {detail}")], source=source) from None
         known = set(model.model_fields)
         entries: dict[str, Any] = {}
         for name, raw in loaded.items():
