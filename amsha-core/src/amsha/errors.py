@@ -398,7 +398,9 @@ class RunLostError(ExecutionError):
 
     result: Any = None
 
-    def __init__(self, run_id: str, owner: dict[str, Any] | None = None, heartbeat_at: float | None = None) -> None:
+    def __init__(
+        self, run_id: str, owner: dict[str, Any] | None = None, heartbeat_at: float | None = None
+    ) -> None:
         import time
 
         self.run_id = run_id
