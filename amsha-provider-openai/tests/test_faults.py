@@ -166,3 +166,25 @@ def test_an_openai_style_masked_key_is_scrubbed(openai_server: OpenAIServer, mon
     text = str(info.value) + repr(info.value.args) + str([e.to_dict() for e in log.events])
     assert "Incorrect API key provided: ***" in text
     _clean(text, key)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_plain_answer_dripped_past_its_total_deadline_fails(openai_server: OpenAIServer, mode: str) -> None:
+    openai_server.script(Reply("a long enough answer to drip", drip_s=0.05), Reply("fast"))
+    provider = openai_server.provider(timeout_s=1, total_timeout_s=0.5)
+    llm, _ = logged(provider, FAST.model_copy(update={"max_retries": 1}))
+    started = time.perf_counter()
+    text = llm.generate("hi").text if mode == "sync" else asyncio.run(llm.agenerate("hi")).text
+    # The drip (each piece well within timeout_s) outlasts the total deadline: retried.
+    assert text == "fast" and openai_server.attempts == 2
+    assert time.perf_counter() - started < 2
+    provider.close()
+
+
+def test_a_plain_answer_within_its_total_deadline(openai_server: OpenAIServer) -> None:
+    openai_server.script(Reply("quick", drip_s=0.001))
+    provider = openai_server.provider(total_timeout_s=5)
+    llm, _ = logged(provider)
+    response = llm.generate("hi")
+    assert response.text == "quick" and response.usage is not None and not response.usage.estimated
+    provider.close()

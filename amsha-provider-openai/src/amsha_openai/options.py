@@ -62,7 +62,8 @@ class OpenAIOptions(BaseModel):
     total_timeout_s: float | None = Field(
         None,
         gt=0,
-        description="seconds one attempt at a streamed answer may take from request to last event; unset: no limit",
+        description="seconds one attempt may take from the request to the end of its answer, streamed or not; "
+        "unset: no limit",
     )
     max_retries: int | None = Field(
         None,

@@ -259,11 +259,11 @@ class OpenAIProvider:
             )
         return error
 
-    def _deadlines(self, start: float) -> _Deadlines:
+    def _deadlines(self, start: float, *, events: bool = True) -> _Deadlines:
         options = self.options
         idle = options.idle_timeout_s if options.idle_timeout_s is not None else options.timeout_s
         total = None if options.total_timeout_s is None else start + options.total_timeout_s
-        return _Deadlines(idle, total, options.total_timeout_s, self.base_url)
+        return _Deadlines(idle, total, options.total_timeout_s, self.base_url, events)
 
     def _check_event_stream(self, response: Any, model: str) -> None:
         """Refuse (not retryable) a stream request answered with something other than an
@@ -291,6 +291,8 @@ class OpenAIProvider:
     def generate(self, request: LLMRequest) -> LLMResponse:
         """One complete answer (a JSON response)."""
         params = self.params(request, stream=False)
+        if self.options.total_timeout_s is not None:
+            return self._generate_within(params)
         try:
             completion = self.client.chat.completions.create(**params)
         except Exception as exc:
@@ -301,12 +303,51 @@ class OpenAIProvider:
         # is neither the cause nor the context of Amsha's.
         raise failure
 
+    def _generate_within(self, params: dict[str, Any]) -> LLMResponse:
+        """:meth:`generate` under ``total_timeout_s``: the body is read through the deadline
+        check, so a server dripping its answer cannot outlast it."""
+        start = time.monotonic()
+        model = params["model"]
+        failure: errors.ProviderError | None = None
+        try:
+            create = self.client.chat.completions.with_streaming_response.create
+            with create(**params, timeout=self._first_byte_timeout()) as raw:
+                _reuse_connection(raw.http_response, self._deadlines(start, events=False))
+                completion = raw.parse()
+        except Exception as exc:
+            failure = self._error(exc, model)
+        if failure is not None:
+            raise failure
+        return self._response(completion, model)
+
+    async def _agenerate_within(self, params: dict[str, Any]) -> LLMResponse:
+        """Async twin of :meth:`_generate_within`."""
+        start = time.monotonic()
+        model = params["model"]
+        failure: errors.ProviderError | None = None
+        try:
+            create = self._aclient().chat.completions.with_streaming_response.create
+            async with create(**params, timeout=self._first_byte_timeout()) as raw:
+                _areuse_connection(raw.http_response, self._deadlines(start, events=False))
+                completion = await raw.parse()
+        except Exception as exc:
+            failure = self._error(exc, model)
+        if failure is not None:
+            raise failure
+        return self._response(completion, model)
+
+    def _first_byte_timeout(self) -> float:
+        total = self.options.total_timeout_s
+        return self.options.timeout_s if total is None else min(self.options.timeout_s, total)
+
     def stream(self, request: LLMRequest) -> Iterator[LLMChunk]:
         """The answer as it arrives (SSE). Closing the generator closes the HTTP response."""
         params = self.params(request, stream=True)
         model = params["model"]
         start = time.monotonic()
         failure: errors.ProviderError | None = None
+        if self.options.total_timeout_s is not None:
+            params["timeout"] = self._first_byte_timeout()
         try:
             sdk_stream = self.client.chat.completions.create(**params)
         except Exception as exc:
@@ -339,6 +380,8 @@ class OpenAIProvider:
     async def agenerate(self, request: LLMRequest) -> LLMResponse:
         """Async twin of :meth:`generate`."""
         params = self.params(request, stream=False)
+        if self.options.total_timeout_s is not None:
+            return await self._agenerate_within(params)
         try:
             completion = await self._aclient().chat.completions.create(**params)
         except Exception as exc:
@@ -354,6 +397,8 @@ class OpenAIProvider:
         model = params["model"]
         start = time.monotonic()
         failure: errors.ProviderError | None = None
+        if self.options.total_timeout_s is not None:
+            params["timeout"] = self._first_byte_timeout()
         try:
             sdk_stream = await self._aclient().chat.completions.create(**params)
         except Exception as exc:
@@ -512,18 +557,22 @@ class StreamDeadlineError(Exception):
 class _Deadlines:
     """The idle and total deadlines of one streamed attempt, checked as bytes arrive."""
 
-    __slots__ = ("base_url", "idle_s", "total_at", "total_s")
+    __slots__ = ("base_url", "events", "idle_s", "total_at", "total_s")
 
-    def __init__(self, idle_s: float, total_at: float | None, total_s: float | None, base_url: str) -> None:
+    def __init__(
+        self, idle_s: float, total_at: float | None, total_s: float | None, base_url: str, events: bool = True
+    ) -> None:
         self.idle_s = idle_s
         self.total_at = total_at
         self.total_s = total_s
         self.base_url = base_url
+        self.events = events
+        """True for an event stream (only ``data:`` lines count as activity), False for a body."""
 
     def check(self, data: bytes, last_event: float) -> float:
         """The time of the last event, after ``data`` arrived; raises past a deadline."""
         now = time.monotonic()
-        if b"data:" in data:
+        if not self.events or b"data:" in data:
             last_event = now
         elif now - last_event > self.idle_s:
             raise StreamDeadlineError(
@@ -531,8 +580,9 @@ class _Deadlines:
                 "(idle_timeout_s)"
             )
         if self.total_at is not None and now > self.total_at:
+            what = "the stream" if self.events else "the answer"
             raise StreamDeadlineError(
-                f"the stream from {self.base_url} took longer than {self.total_s:g}s (total_timeout_s)"
+                f"{what} from {self.base_url} took longer than {self.total_s:g}s (total_timeout_s)"
             )
         return last_event
 

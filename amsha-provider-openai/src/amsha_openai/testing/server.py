@@ -69,7 +69,8 @@ class Reply:
     the SSE ``data:`` payloads to send (bytes, as is: malformed JSON, odd events) after the
     role chunk, then end the body. ``reset``: reset the connection (TCP RST) instead of
     answering. ``echo_auth``: an error body that quotes the request's ``Authorization``
-    header, as careless servers do.
+    header, as careless servers do. ``drip_s``: send a plain (non-streamed) answer 16 bytes at
+    a time, waiting that long between pieces.
     """
 
     text: str | None = None
@@ -99,6 +100,7 @@ class Reply:
     raw_events: list[bytes] | None = None
     reset: bool = False
     echo_auth: bool = False
+    drip_s: float | None = None
 
     @classmethod
     def fail(
@@ -578,7 +580,16 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.report_usage:
             payload["usage"] = self._usage(reply, body, completion)
         self._outcome(record, "completed")
-        self._json(200, payload, reply.headers)
+        if reply.drip_s is None:
+            self._json(200, payload, reply.headers)
+            return
+        data = json.dumps(payload).encode()
+        self._send_head(200, "application/json", len(data), reply.headers)
+        for i in range(0, len(data), 16):
+            if i:
+                self._wait(reply.drip_s)
+            self.wfile.write(data[i : i + 16])
+            self.wfile.flush()
 
     # ---- streaming ----------------------------------------------------------------------------
 
