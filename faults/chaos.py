@@ -1,6 +1,6 @@
 """Area ``provider``: a chaos Chat Completions server (``amsha_openai.testing.OpenAIServer``)
 through ``LLM`` (sync and async, generate and stream), through sessions and through
-``amsha run``: drops, resets, malformed SSE, bad JSON, HTML 500 and 200, Retry-After in
+``amsha run``: drops, resets, malformed SSE, bad JSON, HTML 500 and 200, dripped answers, Retry-After in
 seconds, as a date, in ms, garbage and huge, hangs, keep-alive trickles, slow first bytes,
 401/500 bodies echoing the auth header, masked keys, huge answers, split surrogate pairs.
 
@@ -100,6 +100,15 @@ CASES = [
         3,
         STREAMS,
         options={"timeout_s": 0.3},
+        within_s=3.0,
+    ),
+    Case(
+        "drip_past_total_deadline",
+        lambda: [Reply("a slow drip of an answer", drip_s=0.05, times=3)],
+        E.ProviderTimeoutError,
+        3,
+        GENERATES,
+        options={"total_timeout_s": 0.3, "timeout_s": 1},
         within_s=3.0,
     ),
     Case("slow_first_byte", lambda: [Reply("late", first_byte_delay_s=0.3)], "late", 1, options={"timeout_s": 2}),
