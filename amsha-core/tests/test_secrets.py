@@ -313,3 +313,19 @@ def test_redact_obj_copies_and_scrubs_keys() -> None:
     value = {key: [key, (1, key)], "n": None}
     assert redact_obj(value) == {"***": ["***", [1, "***"]], "n": None}
     assert value[key] == [key, (1, key)]
+
+
+def test_the_scrubbing_store_passes_everything_else_through(tmp_path: Path) -> None:
+    import pickle
+
+    from amsha._scrub import ScrubbingStore
+    from amsha.builtins.stores import FileStore
+
+    with ExecutionSession(make_config(state={"name": "file", "options": {"path": str(tmp_path)}})) as session:
+        store = session.store
+        assert isinstance(store, ScrubbingStore) and isinstance(store.inner, FileStore)
+        assert store.root == store.inner.root  # the backend's own attributes
+    wrapped = ScrubbingStore(DictStore())  # type: ignore[arg-type]
+    wrapped.put_run(RunRecord("r1"))
+    copy = pickle.loads(pickle.dumps(wrapped))
+    assert isinstance(copy.inner, DictStore) and copy.get_run("r1").run_id == "r1"

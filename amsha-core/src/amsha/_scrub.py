@@ -36,6 +36,9 @@ class ScrubbingStore:
         return repr(self.inner)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "inner" or (name.startswith("__") and name.endswith("__")):
+            # Not set yet (while unpickling), or a protocol the wrapper answers itself.
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def put_state(
