@@ -205,8 +205,10 @@ class RunEventLog:
                 entry = self._scrubbers.get(span_id)
                 if entry is None:
                     entry = self._scrubbers[span_id] = (StreamScrubber(), parent_id, task, agent)
-                data = dict(data or {})
-                data["text"] = entry[0].feed(str(data.get("text", "")))
+                text = data.get("text", "") if data else ""
+                data = (
+                    {**data, "text": entry[0].feed(text if type(text) is str else str(text))} if data else {"text": ""}
+                )
             elif self._scrubbers:
                 if kind in TERMINAL_KINDS:
                     for held_span in list(self._scrubbers):

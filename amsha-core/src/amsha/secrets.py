@@ -61,7 +61,7 @@ _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
 _pattern: re.Pattern[str] | None = None
 _partial: re.Pattern[str] | None = None
-_grams: tuple[str, ...] = ()
+_grams_re: re.Pattern[str] | None = None
 _LONGEST = 0
 ACTIVE = False
 """True once a secret is registered (read on hot paths instead of calling a function)."""
@@ -113,7 +113,7 @@ def _compile(secrets: Iterable[str]) -> tuple[re.Pattern[str] | None, re.Pattern
 
 def register_secret(value: str) -> None:
     """Remember a secret value so that it is scrubbed from everything Amsha emits."""
-    global _secrets, _pattern, _partial, _grams, _LONGEST, ACTIVE
+    global _secrets, _pattern, _partial, _grams_re, _LONGEST, ACTIVE
     if len(value) < MIN_SECRET:
         return
     with _lock:
@@ -121,8 +121,9 @@ def register_secret(value: str) -> None:
             return
         secrets = (*_secrets, value)
         pattern, partial = _compile(secrets)
-        grams = tuple(dict.fromkeys(g for s in secrets for g in _grams_of(s)))
-        _secrets, _pattern, _partial, _grams = secrets, pattern, partial, grams
+        grams = dict.fromkeys(g for s in secrets for g in _grams_of(s))
+        grams_re = re.compile("|".join(re.escape(g) for g in grams))
+        _secrets, _pattern, _partial, _grams_re = secrets, pattern, partial, grams_re
         _LONGEST = max(_LONGEST, len(value) + 16)
         ACTIVE = True
 
@@ -214,12 +215,9 @@ def redact(text: str) -> str:
     """``text`` with every registered secret, and recognisable fragments of one, replaced
     by ``***``."""
     pattern = _pattern
-    if pattern is None:
+    if pattern is None or _grams_re is None or _grams_re.search(text) is None:
         return text
-    for gram in _grams:
-        if gram in text:
-            return pattern.sub(MASK, text)
-    return text
+    return pattern.sub(MASK, text)
 
 
 def _grams_of(secret: str) -> tuple[str, ...]:
@@ -308,7 +306,7 @@ class StreamScrubber:
 def _scrub_from(pattern: re.Pattern[str], text: str, start: int) -> str:
     """``text[start:]`` scrubbed, matches looked for in the whole of ``text`` (a match that
     began in ``text[:start]``, already sent, masks its part in ``text[start:]``)."""
-    if not any(gram in text for gram in _grams):
+    if _grams_re is None or _grams_re.search(text) is None:
         return text[start:]
     if start == 0:
         return pattern.sub(MASK, text)
