@@ -271,3 +271,12 @@ def test_a_missing_registry_file_names_the_key_and_the_config(tmp_path: Path) ->
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.problems[0][0] == "agents" and str(path) in str(info.value) and "missing.yaml" in str(info.value)
+
+
+def test_events_appended_after_a_torn_line_stay_readable(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.append_events("r", [{"seq": 0, "kind": "a"}])
+    with open(tmp_path / "events" / "r.jsonl", "ab") as fh:
+        fh.write(b'{"seq": 1, "ki')  # a writer killed mid-line
+    store.append_events("r", [{"seq": 2, "kind": "c"}, {"seq": 3, "kind": "d"}])
+    assert [e["seq"] for e in store.read_events("r")] == [0, 2, 3]

@@ -246,8 +246,12 @@ class FileStore:
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
         if not events:
             return
-        blob = "".join(_dumps(redact_obj(e), f"run {run_id!r}: event") + "\n" for e in events)
-        with self._lock, open(self.root / "events" / f"{self._safe(run_id)}.jsonl", "a", encoding="utf-8") as fh:
+        blob = "".join(_dumps(redact_obj(e), f"run {run_id!r}: event") + "\n" for e in events).encode("ascii")
+        with self._lock, open(self.root / "events" / f"{self._safe(run_id)}.jsonl", "ab+") as fh:
+            # A writer killed mid-line leaves a torn last line: start on a line of our own,
+            # so these events stay readable.
+            if fh.tell() and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n":
+                blob = b"\n" + blob
             fh.write(blob)
             fh.flush()
 
@@ -264,7 +268,7 @@ class FileStore:
             try:
                 event = json.loads(line)
             except ValueError:
-                break  # a line torn by a crash ends the readable log
+                continue  # a line torn by a crash (its write was never acknowledged)
             if event["seq"] >= from_seq:
                 out.append(event)
         return out
