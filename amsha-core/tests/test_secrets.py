@@ -329,3 +329,21 @@ def test_the_scrubbing_store_passes_everything_else_through(tmp_path: Path) -> N
     wrapped.put_run(RunRecord("r1"))
     copy = pickle.loads(pickle.dumps(wrapped))
     assert isinstance(copy.inner, DictStore) and copy.get_run("r1").run_id == "r1"
+
+
+def test_a_third_party_providers_own_exception_is_scrubbed_in_the_chain() -> None:
+    from amsha import LLM
+    from amsha.errors import ProviderError
+
+    key = _key()
+    register_secret(key)
+
+    class Leaky(ScriptedProvider):
+        def generate(self, request: LLMRequest) -> Any:
+            raise RuntimeError(f"auth failed for key {key}")
+
+    with pytest.raises(ProviderError) as info:
+        LLM(Leaky({"default": "x"}, model="m")).generate("hi")
+    cause = info.value.__cause__
+    assert isinstance(cause, RuntimeError)
+    _assert_clean(str(info.value) + repr(info.value) + str(cause) + repr(cause) + repr(cause.args), key)

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Generic, NoReturn, TypeVar
 
+from . import secrets as _secrets
 from .config import RetryConfig
 from .errors import (
     AmshaError,
@@ -50,6 +51,7 @@ from .provider import (
     coerce_messages,
     response_as_chunk,
 )
+from .secrets import redact
 
 __all__ = ["LLM", "AsyncLLMStream", "CallContext", "LLMStream", "estimate_tokens", "retry_delay", "strip_fences"]
 
@@ -355,6 +357,13 @@ def _as_provider_error(error: Exception, provider: str) -> Exception:
     if isinstance(error, AmshaError):
         return error
     wrapped = ProviderError(f"provider {provider!r} raised {type(error).__name__}: {error}", provider=provider)
+    if _secrets.ACTIVE:
+        # The provider's own exception stays chained (its traceback helps), scrubbed: a
+        # plugin that put a key in its message must not leak it through the chain.
+        try:
+            error.args = tuple(redact(a) if isinstance(a, str) else a for a in error.args)
+        except Exception:  # an exception type whose args cannot be set
+            pass
     wrapped.__cause__ = error
     return wrapped
 
