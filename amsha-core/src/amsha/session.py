@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from . import _loop
+from ._scrub import scrubbing_store
 from .config import AmshaConfig, LLMConfig, ProviderConfig, load_config
 from .errors import (
     AmshaError,
@@ -36,6 +37,7 @@ from .errors import (
     ExecutionError,
     InputError,
     LeaseLostError,
+    NonJSONValueError,
     RunCancelledError,
 )
 from .events import Event, Observer, RunEventLog
@@ -48,6 +50,7 @@ from .plugins import BackendContext, PluginSet, load_plugins
 from .provider import ILLMProvider
 from .registry import Registry
 from .runcontrol import EventWriter, OwnerLease, StoreRun
+from .secrets import read_secret_refs, secret_env_refs
 from .state import (
     CancelOutcome,
     ExecutionState,
@@ -55,6 +58,7 @@ from .state import (
     RunRecord,
     RunStatus,
     StateStore,
+    check_json,
     supports_run_control,
 )
 
@@ -112,7 +116,8 @@ class ExecutionSession:
             name: self._validate("provider", pcfg.name, pcfg.options, key, model=pcfg.model)
             for name, (pcfg, key) in self._llm_configs.items()
         }
-        self.store: StateStore = self._build("state_store", cfg.state.name, cfg.state.options, "state")
+        # Everything the core hands to the store passes the scrubbing boundary first.
+        self.store: StateStore = scrubbing_store(self._build("state_store", cfg.state.name, cfg.state.options, "state"))
         self.orchestrator: IOrchestrator = self._build(
             "orchestrator", cfg.orchestrator.name, cfg.orchestrator.options, "orchestrator"
         )
@@ -142,6 +147,12 @@ class ExecutionSession:
     ) -> BackendContext:
         entry = self.plugins.get(kind, name, key=f"{key}.name", source=self._label)
         validated = entry.validate_options(options, f"{key}.options", source=self._label)
+        # Every secret a backend's options name is read (and so registered for scrubbing)
+        # now, before the first run record is written, not when the backend first uses it.
+        try:
+            read_secret_refs(secret_env_refs(validated, f"{key}.options"))
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, source=self._label) from None
         return BackendContext(kind, name, validated, self.config, self.base_dir, model, key)
 
     def _build(self, kind: str, name: str, options: dict[str, Any], key: str) -> Any:
@@ -218,7 +229,7 @@ class ExecutionSession:
             raise ExecutionError("this session is closed")
         mode = ExecutionMode(mode)
         names = self.registry.select([tasks] if isinstance(tasks, str) else tasks)
-        inputs = dict(inputs or {})
+        inputs = _checked_inputs(inputs)
         if isinstance(state, ExecutionState):
             st = state
         elif isinstance(state, str):
@@ -955,6 +966,20 @@ def _elsewhere(executor: concurrent.futures.Executor | None) -> bool:
     """Whether a run given to ``executor`` executes in another process (anything but a thread
     pool): it is then read through the store."""
     return executor is not None and not isinstance(executor, concurrent.futures.ThreadPoolExecutor)
+
+
+def _checked_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's inputs, refused with :class:`InputError` naming the input unless each is
+    plain JSON (they are stored with the run's record)."""
+    checked = dict(inputs or {})
+    for key, value in checked.items():
+        if not isinstance(key, str):
+            raise InputError(f"input names must be strings, got {key!r}")
+        try:
+            check_json(key, value)
+        except NonJSONValueError as exc:
+            raise InputError(f"input {exc.key!r}: {str(exc).partition(': ')[2]}") from None
+    return checked
 
 
 def _run_links(observers: Sequence[Any], run_id: str) -> dict[str, str]:
