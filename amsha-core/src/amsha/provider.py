@@ -129,9 +129,13 @@ _USAGE_FIELDS = {f.name for f in fields(Usage)}
 
 @dataclass(slots=True)
 class LLMRequest:
-    """What to ask the model. ``response_format`` is a JSON schema for structured output.
+    """What to ask the model. ``response_format`` is a JSON schema for structured output
+    (``{"name", "schema"}``, or ``{"type": "json_object"}`` for any JSON object).
 
     ``extra`` carries provider-specific parameters, passed through untouched.
+    ``timeout_s``: how long a provider that talks to a server may wait for this request
+    (None: its configured timeout); it does not change the answer, so it is left out of
+    :meth:`fingerprint`.
     """
 
     messages: list[Message]
@@ -144,8 +148,16 @@ class LLMRequest:
     stop: list[str] | None = None
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._answer_dict()
+        if self.timeout_s is not None:
+            data["timeout_s"] = self.timeout_s
+        return data
+
+    def _answer_dict(self) -> dict[str, Any]:
+        """What decides the answer (every field but ``timeout_s``)."""
         return {
             "messages": [m.to_dict() for m in self.messages],
             "model": self.model,
@@ -173,11 +185,12 @@ class LLMRequest:
             stop=data.get("stop"),
             seed=data.get("seed"),
             extra=dict(data.get("extra") or {}),
+            timeout_s=data.get("timeout_s"),
         )
 
     def fingerprint(self) -> str:
         """A stable hash of the request (messages, tools, schema, parameters), for replay."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        blob = json.dumps(self._answer_dict(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
