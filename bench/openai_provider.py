@@ -168,19 +168,21 @@ class Interleaved:
                 subjects[name]()
         clock = time.process_time_ns
         enabled = gc.isenabled()
-        for _ in range(rounds):
-            rng.shuffle(names)
-            gc.collect()
-            gc.disable()
-            try:
+        gc.collect()
+        gc.disable()
+        try:
+            for r in range(rounds):
+                if r % 25 == 24:
+                    gc.collect()  # between rounds, never inside a subject's call
+                rng.shuffle(names)
                 for name in names:
                     fn = subjects[name]
                     t0 = clock()
                     fn()
                     self.cpu[name].append(clock() - t0)
-            finally:
-                if enabled:
-                    gc.enable()
+        finally:
+            if enabled:
+                gc.enable()
         self.rounds = rounds
 
     def median(self, name: str) -> float:
@@ -215,12 +217,15 @@ def _figures(
         )
         figure.noise = noise.bound / 1e3
         figures.append(figure)
-        if peer.median > 0:
+        if short == "langchain" and peer.median > 0:
+            # Under a tenth, and resolved: the upper end of Amsha's interval and the A/A
+            # control's bound both below a tenth of the peer's overhead.
+            tenth = 0.1 * peer.median
             check(
                 f"openai.{kind}.overhead_vs_{short}.resolved",
-                amsha.median + noise.bound < 0.1 * peer.median,
-                f"amsha {amsha.median / 1e3:.3g} us + A/A noise bound {noise.bound / 1e3:.3g} us against a tenth of"
-                f" {short}'s {peer.median / 1e3:.3g} us",
+                amsha.high < tenth and noise.bound < tenth,
+                f"amsha {amsha.describe()}, A/A noise bound {noise.bound / 1e3:.3g} us, a tenth of {short}'s"
+                f" overhead {tenth / 1e3:.3g} us",
             )
     return amsha, noise, figures
 
@@ -269,7 +274,7 @@ def generate_overhead(settings: Settings) -> list[Figure]:
             assert lite().choices[0].message.content == expected
             subjects["litellm"] = lite
             peers.append(("litellm", "LiteLLM completion() over the raw SDK call", "sdk"))
-        run = Interleaved(subjects, settings.pick(400, 120))
+        run = Interleaved(subjects, settings.pick(1000, 200))
         _, _, figures = _figures("generate", run, "sdk", peers, "per call")
         provider.close()
         raw.close()
@@ -300,8 +305,8 @@ def stream_overhead(settings: Settings) -> list[Figure]:
         raw, raw_b, shipped = _raw(url), _raw(url), _raw(url)
         chat = _langchain(url, stream_usage=True)
         for kind, prompt, chunks, rounds in (
-            ("stream1", ONE_CHUNK_PROMPT, 1, settings.pick(300, 100)),
-            ("stream", STREAM_PROMPT, STREAM_CHUNKS, settings.pick(120, 40)),
+            ("stream1", ONE_CHUNK_PROMPT, 1, settings.pick(800, 200)),
+            ("stream", STREAM_PROMPT, STREAM_CHUNKS, settings.pick(150, 40)),
         ):
             messages = [{"role": "user", "content": prompt}]
 

@@ -39,12 +39,13 @@ from .errors import (
 from .events import Event, Observer, RunEventLog
 from .handle import ExecutionHandle, ExecutionMode, RunResult, raise_for
 from .llm import LLM
-from .metrics import MetricsCollector
+from .metrics import MetricsCollector, UsageTotals
 from .observe import ObserverChannel, ObserverError, observer_name
 from .orchestrator import IOrchestrator, RunContext
 from .plugins import BackendContext, PluginSet, load_plugins
 from .provider import ILLMProvider
 from .registry import Registry
+from .standalone import StandaloneScope
 from .state import ExecutionState, RunRecord, RunStatus, StateStore
 
 __all__ = ["ExecutionSession", "run_spec"]
@@ -114,6 +115,10 @@ class ExecutionSession:
             )
             for observer, ocfg in itertools.zip_longest(self.observers, cfg.observers)
         ]
+        # LLM calls made outside any run reach the same observers (see amsha.standalone).
+        self._standalone = StandaloneScope(
+            [channel.submit for channel in self._channels], lambda scope_id: _run_links(self.observers, scope_id)
+        )
 
     # ---- construction -------------------------------------------------------------------
 
@@ -144,7 +149,10 @@ class ExecutionSession:
     def llm(self, name: str | None = None) -> LLM:
         """The execution-aware :class:`LLM` for the default provider, or a named ``llms`` entry.
 
-        Usable on its own, outside any run: ``session.llm().generate("hi")``.
+        Usable on its own, outside any run: ``session.llm().generate("hi")``. Each such call
+        emits its events to the session's observers in a scope of its own (``run.started``
+        with mode ``standalone``, the ``llm.*`` events, ``run.finished`` with its metrics),
+        and its usage is summed in :attr:`llm_totals`; see :mod:`amsha.standalone`.
         """
         if name is not None and name not in self._llm_configs:
             raise InputError(
@@ -160,7 +168,7 @@ class ExecutionSession:
                 # The config's own retry section for this LLM wins, then the provider's declared
                 # policy (its options), then the top-level ``retry``.
                 retry = pcfg.retry or getattr(provider, "retry_config", None) or self.config.retry
-                llm = LLM(provider, model=pcfg.model, retry=retry, name=name or "default")
+                llm = LLM(provider, model=pcfg.model, retry=retry, name=name or "default", scope=self._standalone)
                 self._providers[name] = llm
             return llm
 
@@ -335,6 +343,11 @@ class ExecutionSession:
             if not channel.flush(remaining):
                 return False
         return True
+
+    @property
+    def llm_totals(self) -> UsageTotals:
+        """Usage, latency, retries and errors of the LLM calls made outside any run."""
+        return self._standalone.totals
 
     @property
     def observer_errors(self) -> list[ObserverError]:

@@ -212,17 +212,29 @@ class OpenAIProvider:
 
     def params(self, request: LLMRequest, *, stream: bool) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` for ``request``."""
+        messages = request.messages
         params: dict[str, Any] = {
             "model": request.model or self.model,
-            "messages": [_message(m, i) for i, m in enumerate(request.messages)],
+            "messages": (
+                [_message(messages[0], 0)] if len(messages) == 1 else [_message(m, i) for i, m in enumerate(messages)]
+            ),
         }
         defaults = self._defaults
-        for name in ("temperature", "max_tokens", "stop", "seed"):
-            value = getattr(request, name)
-            if value is None:
-                value = defaults.get(name)
-            if value is not None:
-                params[self.options.max_tokens_field if name == "max_tokens" else name] = value
+        if (
+            defaults
+            or request.temperature is not None
+            or request.max_tokens is not None
+            or request.stop is not None
+            or request.seed is not None
+        ):
+            for name in ("temperature", "max_tokens", "stop", "seed"):
+                value = getattr(request, name)
+                if value is None:
+                    value = defaults.get(name)
+                if value is not None:
+                    params[self.options.max_tokens_field if name == "max_tokens" else name] = value
+        if request.timeout_s is not None:
+            params["timeout"] = request.timeout_s  # this request's own, over the client's
         if request.tools:
             params["tools"] = [
                 {
