@@ -45,7 +45,7 @@ from langchain_core.runnables.config import ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr
 
 __all__ = ["AmshaChatModel", "from_langchain_messages", "to_langchain_message"]
 
@@ -212,18 +212,15 @@ class AmshaChatModel(BaseChatModel):
 
     _session: Any = PrivateAttr(default=None)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in ("api_key", "openai_api_key"):
-                if data.get(key) is not None:
-                    raise InputError(
-                        f"AmshaChatModel does not take {key}: Amsha reads the key from the environment variable "
-                        "named in its config (provider.options.api_key_env, OPENAI_API_KEY by default), so set "
-                        "that variable instead"
-                    )
-        return data
+    def __init__(self, **data: Any) -> None:
+        for key in ("api_key", "openai_api_key"):
+            if data.get(key) is not None:
+                raise InputError(
+                    f"AmshaChatModel does not take {key}: Amsha reads the key from the environment variable "
+                    "named in its config (provider.options.api_key_env, OPENAI_API_KEY by default), so set "
+                    "that variable instead"
+                )
+        super().__init__(**data)
 
     def model_post_init(self, context: Any) -> None:
         # Built now, so the config (and Amsha's environment overrides) is read at construction.
