@@ -139,7 +139,7 @@ def test_answers_as_langgraph_savers(store: StateStore) -> None:
     everything = _view(ours, _cfg("t"))
     assert [row[1] for row in everything] == sorted(ids, reverse=True)  # newest id first, across namespaces
     assert len(everything) == 5  # the id put twice is one entry: the last one put
-    assert [r for r in everything if r[1] == ids[2]][0][3:5] == ("update", 7)
+    assert next(r for r in everything if r[1] == ids[2])[3:5] == ("update", 7)
     assert ours.get_tuple(_cfg("t", "", ids[2])).metadata["source"] == "update"  # type: ignore[union-attr]
     ours.delete_thread("t")
     assert _view(ours, _cfg("t")) == [] and len(_view(ours, _cfg("other"))) == 1

@@ -374,11 +374,14 @@ class _StreamState:
     def convert(self, raw: Any) -> LLMChunk | None:
         choices = raw.choices
         if choices:
-            # The common case first, cheaply: a chunk of text and nothing else.
+            # The common cases first, cheaply: a chunk of text and nothing else, or one with
+            # nothing to pass on (the first chunk carries only the role).
             choice = choices[0]
             delta = choice.delta
-            text = delta.content
-            if text and delta.tool_calls is None and choice.finish_reason is None and raw.usage is None:
+            if delta.tool_calls is None and choice.finish_reason is None and raw.usage is None:
+                text = delta.content
+                if not text:
+                    return None
                 self.parts.append(text)
                 self.started = True
                 return LLMChunk(text)
