@@ -178,13 +178,9 @@ class _Call:
                 "index": ctx.next_index(),
                 "request_hash": request.fingerprint(),
             }
-            self.log.emit(
+            self._emit(
                 "llm.started",
-                self.call_id,
-                ctx.parent_id,
-                task=ctx.task,
-                agent=ctx.agent,
-                data={
+                {
                     "llm": wrapper.name,
                     "provider": wrapper.provider_name,
                     "capabilities": wrapper.provider.capabilities.to_dict(),
@@ -193,6 +189,12 @@ class _Call:
                     "fingerprint": fingerprint,
                 },
             )
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        """An event about this call, under its parent span, task and agent."""
+        ctx = self.ctx
+        assert ctx is not None and self.log is not None
+        self.log.emit(kind, self.call_id, ctx.parent_id, task=ctx.task, agent=ctx.agent, data=data)
 
     def check_cancel(self) -> None:
         ctx = self.ctx
@@ -273,16 +275,7 @@ class _Call:
             return None
         self.retries += 1
         if self.log is not None:
-            ctx = self.ctx
-            assert ctx is not None
-            self.log.emit(
-                "llm.retry",
-                self.call_id,
-                ctx.parent_id,
-                task=ctx.task,
-                agent=ctx.agent,
-                data={"attempt": attempt, "wait_s": round(delay, 6), "error": _error_dict(error)},
-            )
+            self._emit("llm.retry", {"attempt": attempt, "wait_s": round(delay, 6), "error": _error_dict(error)})
         return delay
 
     def _usage(self, text: str) -> Usage:
@@ -328,15 +321,9 @@ class _Call:
         return response
 
     def _finished(self, response: LLMResponse, cancelled: bool) -> None:
-        ctx = self.ctx
-        assert ctx is not None and self.log is not None
-        self.log.emit(
+        self._emit(
             "llm.finished",
-            self.call_id,
-            ctx.parent_id,
-            task=ctx.task,
-            agent=ctx.agent,
-            data={
+            {
                 "response": response.to_dict(),
                 "usage": response.usage.to_dict() if response.usage else None,
                 "latency_s": response.latency_s,
@@ -346,7 +333,7 @@ class _Call:
             },
         )
         if self.scope is not None:
-            self.scope.close(ctx, "cancelled" if cancelled else None)
+            self.scope.close(self.ctx, "cancelled" if cancelled else None)
 
     def fail(self, error: BaseException) -> BaseException:
         if isinstance(error, RunCancelledError):
@@ -362,16 +349,10 @@ class _Call:
             interrupted.__cause__ = error
             error = interrupted
         if self.log is not None:
-            ctx = self.ctx
-            assert ctx is not None
             text = "".join(self.parts)
-            self.log.emit(
+            self._emit(
                 "llm.failed",
-                self.call_id,
-                ctx.parent_id,
-                task=ctx.task,
-                agent=ctx.agent,
-                data={
+                {
                     "error": _error_dict(error),
                     "partial_text": text,
                     "usage": self._usage(text).to_dict(),
@@ -381,7 +362,7 @@ class _Call:
                 },
             )
             if self.scope is not None:
-                self.scope.close(ctx, error)
+                self.scope.close(self.ctx, error)
         return error
 
 
