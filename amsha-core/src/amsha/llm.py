@@ -245,29 +245,25 @@ class _Call:
         return delay
 
     def complete(self, answer: LLMResponse) -> LLMResponse:
-        """The wrapper's response to a complete answer (timing, usage, retries added)."""
-        now = time.perf_counter()
+        """A complete answer, completed in place as the wrapper's response: timing, retries,
+        the finish reason and model when the provider left them out, usage (estimated, and
+        marked so, when it reported none). A provider returns a fresh response per call."""
+        latency = time.perf_counter() - self.t0
         usage = answer.usage
         if usage is None:
-            usage = self._estimate(answer.text)
+            answer.usage = self._estimate(answer.text)
         elif not usage.total_tokens:
             usage.total_tokens = usage.input_tokens + usage.output_tokens
-        calls = answer.tool_calls
-        latency = now - self.t0
-        response = LLMResponse(
-            answer.text,
-            list(calls) if calls else [],
-            answer.finish_reason or ("tool_calls" if calls else "stop"),
-            usage,
-            answer.model or self.model,
-            None,
-            latency if self.ttft is None else self.ttft,
-            latency,
-            self.retries,
-        )
+        if not answer.finish_reason:
+            answer.finish_reason = "tool_calls" if answer.tool_calls else "stop"
+        if not answer.model:
+            answer.model = self.model
+        answer.ttft_s = latency if self.ttft is None else self.ttft
+        answer.latency_s = latency
+        answer.retries = self.retries
         if self.log is not None:
-            self._finished(response, False)
-        return response
+            self._finished(answer, False)
+        return answer
 
     def retry_wait(self, error: BaseException, attempt: int) -> float | None:
         delay = retry_delay(error, attempt, self.wrapper.retry)
@@ -598,7 +594,8 @@ class LLM:
         while True:
             iterator: Iterator[LLMChunk] | None = None
             try:
-                call.check_cancel()
+                if cancel is not None:
+                    call.check_cancel()
                 if provider.capabilities.streaming:
                     iterator = provider.stream(request)
                 else:
@@ -668,7 +665,8 @@ class LLM:
         while True:
             iterator: AsyncIterator[LLMChunk] | None = None
             try:
-                call.check_cancel()
+                if cancel is not None:
+                    call.check_cancel()
                 if provider.capabilities.streaming:
                     iterator = provider.astream(request)
                 else:

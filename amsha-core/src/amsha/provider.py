@@ -263,7 +263,8 @@ class ILLMProvider(Protocol):
     the event loop. ``stream`` returns an iterator whose ``close()`` (or, for ``astream``,
     ``aclose()``) must release the underlying connection at once: that is how cancel works.
     Errors must be :class:`~amsha.errors.ProviderError` subclasses, with ``retryable`` set
-    right, so the wrapper's single retry policy can act on them.
+    right, so the wrapper's single retry policy can act on them. ``generate`` returns a fresh
+    :class:`LLMResponse` each call: the wrapper completes it in place (timing, retries).
 
     Optional: a ``retry_config`` attribute (a :class:`~amsha.RetryConfig`, or None) is the
     provider's own default retry policy, used by the wrapper when the config's ``retry``
