@@ -360,3 +360,14 @@ def test_sync_and_async_twins_report_alike() -> None:
         )
         assert one.ttft_s is not None and one.latency_s is not None and one.ttft_s <= one.latency_s
     assert sync[1].retries == 1
+
+
+def test_to_dict_of_usage_and_capabilities_names_every_field() -> None:
+    import dataclasses
+
+    from amsha import ProviderCapabilities
+
+    usage = Usage(1, 2, 3, 4, 5, True)
+    assert usage.to_dict() == {f.name: getattr(usage, f.name) for f in dataclasses.fields(usage)}
+    caps = ProviderCapabilities(True, True, False, True, False)
+    assert caps.to_dict() == {f.name: getattr(caps, f.name) for f in dataclasses.fields(caps)}

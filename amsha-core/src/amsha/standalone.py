@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 __all__ = ["StandaloneScope"]
 
 
+class _ScopeLog(RunEventLog):
+    """A standalone call's event log: nobody can wait on it (it is the call's own), so an
+    event wakes no one."""
+
+    def _wake(self) -> None:
+        pass
+
+
 class _ScopeContext(CallContext):
     __slots__ = ("collector", "started")
 
@@ -63,7 +71,7 @@ class StandaloneScope:
     def open(self, llm: LLM, request: LLMRequest) -> CallContext:
         scope_id = f"call-{uuid.uuid4().hex[:16]}"
         collector = MetricsCollector(scope_id)
-        log = RunEventLog(scope_id, [collector, *self._sinks])
+        log = _ScopeLog(scope_id, [collector, *self._sinks])
         data: dict[str, Any] = {"mode": "standalone", "tasks": [], "orchestrator": None, "llm": llm.name}
         links = self._links(scope_id) if self._links is not None else None
         if links:
