@@ -105,3 +105,21 @@ def test_calls_inside_a_run_open_no_standalone_scope() -> None:
         assert session.flush_observers(5)
         assert session.llm_totals.calls == 0
     assert {e.run_id for e in recorder.events} == {result.run_id}
+
+
+def test_without_observers_calls_are_counted_and_emit_nothing() -> None:
+    config = {"provider": {"name": "scripted", "model": "scripted-1", "options": {"responses": ["one two three"]}}}
+    with ExecutionSession(config) as session:
+        llm = session.llm()
+        llm.generate("hi")
+        with llm.stream("hi") as stream:
+            for _ in stream:
+                pass
+        totals = session.llm_totals
+        assert totals.calls == 2 and totals.output_tokens == 6 and totals.errors == 0
+        assert totals.latency_s > 0
+    failing = {"provider": {"name": "scripted", "options": {"failures": [{"kind": "bad_request"}]}}}
+    with ExecutionSession(failing) as session:
+        with pytest.raises(BadRequestError):
+            session.llm().generate("hi")
+        assert session.llm_totals.calls == 1 and session.llm_totals.errors == 1

@@ -263,6 +263,8 @@ class _Call:
         answer.retries = self.retries
         if self.log is not None:
             self._finished(answer, False)
+        elif self.scope is not None:
+            self.scope.close(None, None, answer)
         return answer
 
     def retry_wait(self, error: BaseException, attempt: int) -> float | None:
@@ -314,6 +316,8 @@ class _Call:
         response = self.response()
         if self.log is not None:
             self._finished(response, cancelled)
+        elif self.scope is not None:
+            self.scope.close(None, "cancelled" if cancelled else None, response)
         return response
 
     def _finished(self, response: LLMResponse, cancelled: bool) -> None:
@@ -329,7 +333,7 @@ class _Call:
             },
         )
         if self.scope is not None:
-            self.scope.close(self.ctx, "cancelled" if cancelled else None)
+            self.scope.close(self.ctx, "cancelled" if cancelled else None, response)
 
     def fail(self, error: BaseException) -> BaseException:
         if isinstance(error, RunCancelledError):
@@ -357,8 +361,8 @@ class _Call:
                     "retries": self.retries,
                 },
             )
-            if self.scope is not None:
-                self.scope.close(self.ctx, error)
+        if self.scope is not None:
+            self.scope.close(self.ctx, error, self.response())
         return error
 
 
@@ -440,14 +444,17 @@ class AsyncLLMStream(Generic[T]):
 
 
 class CallScope(Protocol):
-    """Where the calls of an LLM used outside any run send their events: each such call
-    gets a context of its own from :meth:`open` and hands it back to :meth:`close` at its
-    end (``outcome``: None when it finished, ``"cancelled"``, or the error it raised). The
-    session's is :class:`amsha.standalone.StandaloneScope`."""
+    """Where the calls of an LLM used outside any run go: each such call gets a context of
+    its own from :meth:`open` (or None: the call emits no events, and is only counted) and
+    hands it back to :meth:`close` at its end, with ``outcome`` (None when it finished,
+    ``"cancelled"``, or the error it raised) and what it produced (the response, partial
+    for a failure). The session's is :class:`amsha.standalone.StandaloneScope`."""
 
-    def open(self, llm: LLM, request: LLMRequest) -> CallContext: ...
+    def open(self, llm: LLM, request: LLMRequest) -> CallContext | None: ...
 
-    def close(self, ctx: CallContext | None, outcome: BaseException | str | None) -> None: ...
+    def close(
+        self, ctx: CallContext | None, outcome: BaseException | str | None, response: LLMResponse
+    ) -> None: ...
 
 
 _PARAMS = ("temperature", "max_tokens", "stop", "seed", "tool_choice", "timeout_s")

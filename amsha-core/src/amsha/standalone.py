@@ -9,8 +9,9 @@ JSONL files and traces see standalone calls too. The session also sums every sta
 call's usage in :attr:`StandaloneScope.totals` (``session.llm_totals``).
 
 A standalone call is not a run: it has no run record and its events are not written to the
-state store (a call that should be recorded belongs in a run). A session with no observers
-still counts its calls; the per-call cost is one small event log and four events.
+state store (a call that should be recorded belongs in a run). In a session with no
+observers a call emits nothing and is only counted (a few microseconds); with observers it
+costs one small event log and four events, the same events a call in a run emits.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .metrics import MetricsCollector, UsageTotals
 
 if TYPE_CHECKING:
     from .llm import LLM
-    from .provider import LLMRequest
+    from .provider import LLMRequest, LLMResponse
 
 __all__ = ["StandaloneScope"]
 
@@ -68,7 +69,9 @@ class StandaloneScope:
         self.totals = UsageTotals()
         """Usage, latency, retries and errors of every standalone call so far."""
 
-    def open(self, llm: LLM, request: LLMRequest) -> CallContext:
+    def open(self, llm: LLM, request: LLMRequest) -> CallContext | None:
+        if not self._sinks:
+            return None  # no observer to tell: the call is only counted (see close)
         scope_id = f"call-{uuid.uuid4().hex[:16]}"
         collector = MetricsCollector(scope_id)
         log = _ScopeLog(scope_id, [collector, *self._sinks])
@@ -79,7 +82,10 @@ class StandaloneScope:
         log.emit("run.started", scope_id, None, data=data)
         return _ScopeContext(log, collector)
 
-    def close(self, ctx: CallContext | None, outcome: BaseException | str | None) -> None:
+    def close(self, ctx: CallContext | None, outcome: BaseException | str | None, response: LLMResponse) -> None:
+        if ctx is None:
+            self._count(outcome, response)
+            return
         if not isinstance(ctx, _ScopeContext) or ctx.log is None or ctx.log.closed:
             return
         log, collector = ctx.log, ctx.collector
@@ -111,3 +117,21 @@ class StandaloneScope:
         with self._lock:
             for call in collector.metrics.calls:
                 self.totals.add_call(call)
+
+    def _count(self, outcome: BaseException | str | None, response: LLMResponse) -> None:
+        """What a call without events adds to :attr:`totals`, as its metrics would."""
+        usage = response.usage
+        with self._lock:
+            totals = self.totals
+            totals.calls += 1
+            if usage is not None:
+                totals.input_tokens += usage.input_tokens
+                totals.output_tokens += usage.output_tokens
+                totals.total_tokens += usage.total_tokens
+                totals.cached_input_tokens += usage.cached_input_tokens or 0
+                totals.reasoning_tokens += usage.reasoning_tokens or 0
+                totals.tokens_estimated = totals.tokens_estimated or usage.estimated
+            totals.latency_s += response.latency_s or 0.0
+            totals.retries += response.retries
+            if isinstance(outcome, BaseException) and not isinstance(outcome, RunCancelledError):
+                totals.errors += 1
