@@ -24,7 +24,6 @@ import json
 import random
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -160,7 +159,9 @@ class _Call:
             ctx = self.scope.open(wrapper, request)
         self.ctx = ctx
         self.log = ctx.log if ctx is not None else None
-        self.call_id = f"llm-{next(_ids)}-{uuid.uuid4().hex[:8]}" if self.log is not None else ""
+        # The random part from ``random`` (reseeded in a forked child), not uuid4: an id
+        # needs no cryptographic randomness, and os.urandom costs microseconds here.
+        self.call_id = f"llm-{next(_ids)}-{random.getrandbits(32):08x}" if self.log is not None else ""
         self.parts: list[str] = []
         self.tools: dict[int, list[Any]] = {}
         self.usage: Usage | None = None

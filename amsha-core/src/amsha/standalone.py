@@ -16,9 +16,9 @@ costs one small event log and four events, the same events a call in a run emits
 
 from __future__ import annotations
 
+import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +72,7 @@ class StandaloneScope:
     def open(self, llm: LLM, request: LLMRequest) -> CallContext | None:
         if not self._sinks:
             return None  # no observer to tell: the call is only counted (see close)
-        scope_id = f"call-{uuid.uuid4().hex[:16]}"
+        scope_id = f"call-{random.getrandbits(64):016x}"  # as a call id: no os.urandom per call
         collector = MetricsCollector(scope_id)
         log = _ScopeLog(scope_id, [collector, *self._sinks])
         data: dict[str, Any] = {"mode": "standalone", "tasks": [], "orchestrator": None, "llm": llm.name}
