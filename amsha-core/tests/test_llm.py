@@ -371,3 +371,17 @@ def test_to_dict_of_usage_and_capabilities_names_every_field() -> None:
     assert usage.to_dict() == {f.name: getattr(usage, f.name) for f in dataclasses.fields(usage)}
     caps = ProviderCapabilities(True, True, False, True, False)
     assert caps.to_dict() == {f.name: getattr(caps, f.name) for f in dataclasses.fields(caps)}
+
+
+def test_a_complete_answers_tool_calls_get_an_id_and_json_arguments() -> None:
+    from amsha import ToolCall
+
+    class Bare(BaseProvider):
+        name = "bare"
+
+        def generate(self, request: LLMRequest) -> LLMResponse:
+            return LLMResponse(tool_calls=[ToolCall(id="", name="lookup", arguments="")])
+
+    response = LLM(Bare()).generate("hi")
+    assert [(c.id, c.name, c.arguments) for c in response.tool_calls] == [("call_0", "lookup", "{}")]
+    assert response.finish_reason == "tool_calls" and response.usage is not None and response.usage.estimated

@@ -255,8 +255,15 @@ class _Call:
             answer.usage = self._estimate(answer.text)
         elif not usage.total_tokens:
             usage.total_tokens = usage.input_tokens + usage.output_tokens
+        calls = answer.tool_calls
+        if calls:
+            for i, call in enumerate(calls):  # as a streamed answer's are: an id, JSON arguments
+                if not call.id:
+                    call.id = f"call_{i}"
+                if not call.arguments:
+                    call.arguments = "{}"
         if not answer.finish_reason:
-            answer.finish_reason = "tool_calls" if answer.tool_calls else "stop"
+            answer.finish_reason = "tool_calls" if calls else "stop"
         if not answer.model:
             answer.model = self.model
         answer.ttft_s = latency if self.ttft is None else self.ttft
