@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import AmshaError, RunCancelledError
 from .events import Event, RunEventLog
 from .llm import CallContext
-from .metrics import MetricsCollector, UsageTotals
+from .metrics import CallMetrics, MetricsCollector, UsageTotals
+from .provider import Usage
 
 if TYPE_CHECKING:
     from .llm import LLM
@@ -120,18 +121,23 @@ class StandaloneScope:
 
     def _count(self, outcome: BaseException | str | None, response: LLMResponse) -> None:
         """What a call without events adds to :attr:`totals`, as its metrics would."""
-        usage = response.usage
+        usage = response.usage or Usage()
+        failed = isinstance(outcome, BaseException) and not isinstance(outcome, RunCancelledError)
+        call = CallMetrics(
+            "",
+            None,
+            None,
+            response.model,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.total_tokens,
+            usage.cached_input_tokens,
+            usage.reasoning_tokens,
+            usage.estimated,
+            response.latency_s,
+            response.ttft_s,
+            response.retries,
+            type(outcome).__name__ if failed else None,
+        )
         with self._lock:
-            totals = self.totals
-            totals.calls += 1
-            if usage is not None:
-                totals.input_tokens += usage.input_tokens
-                totals.output_tokens += usage.output_tokens
-                totals.total_tokens += usage.total_tokens
-                totals.cached_input_tokens += usage.cached_input_tokens or 0
-                totals.reasoning_tokens += usage.reasoning_tokens or 0
-                totals.tokens_estimated = totals.tokens_estimated or usage.estimated
-            totals.latency_s += response.latency_s or 0.0
-            totals.retries += response.retries
-            if isinstance(outcome, BaseException) and not isinstance(outcome, RunCancelledError):
-                totals.errors += 1
+            self.totals.add_call(call)
