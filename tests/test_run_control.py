@@ -482,3 +482,28 @@ def test_the_dask_example_runs(tmp_path: Path) -> None:
     assert "cancel run-" in out and ": True" in out
     assert out.count("SUCCEEDED") >= 2 and "CANCELLED" in out
     assert "ran on vm pid" in out or "ran on " in out
+
+
+def test_a_run_its_executor_never_started_ends_failed_for_stream_and_result(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    """A process pool whose worker dies as it starts (its initializer exits): the run is never
+    claimed; the starting handle's stream ends instead of waiting forever, and the run is
+    FAILED, saying the executor did not run it."""
+    from amsha.errors import RunFailedError
+
+    config = write_config(tmp_path / "cfg", server, "sqlite")
+    pool = concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=os._exit, initargs=(3,)
+    )
+    try:
+        with ExecutionSession(config, executor=pool) as session:
+            handle = session.run(inputs={"topic": "kelp"}, mode="background")
+            started = time.monotonic()
+            assert list(handle.stream()) == []
+            assert time.monotonic() - started < 30
+            with pytest.raises(RunFailedError, match="the executor did not run it"):
+                handle.result(timeout=30)
+            assert session.get_run(handle.run_id).status == RunStatus.FAILED
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -295,7 +295,9 @@ class EventWriter:
         self._pending: dict[str, _Pending] = {}
         self._armed = False
 
-    def add(self, run_id: str, event: dict[str, Any], *, owner: str | None, on_lost: Callable[[LeaseLostError], object]) -> None:
+    def add(
+        self, run_id: str, event: dict[str, Any], *, owner: str | None, on_lost: Callable[[LeaseLostError], object]
+    ) -> None:
         """Queue ``event`` of ``run_id`` (``owner``: the lease holder, for fencing)."""
         urgent = not self.flush_s or self.loop is None or event.get("kind") in TERMINAL_KINDS
         with self._lock:
@@ -382,7 +384,17 @@ class StoreTail:
     :data:`POLL_MIN_S` while events flow, backing off to ``poll_max_s`` when idle.
     """
 
-    def __init__(self, store: StateStore, run_id: str, from_seq: int = 0, *, poll_max_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        run_id: str,
+        from_seq: int = 0,
+        *,
+        poll_max_s: float = 0.25,
+        before_check: Callable[[], object] | None = None,
+    ) -> None:
+        self.before_check = before_check
+        """Called before each look at the record (a worker's future that failed is settled)."""
         self.store: Any = store
         self.run_id = run_id
         self.seq = from_seq
@@ -416,6 +428,8 @@ class StoreTail:
 
     def _ended(self) -> bool:
         """Whether the record says the run is over; then one last read follows."""
+        if self.before_check is not None:
+            self.before_check()
         record = self.store.get_run(self.run_id).observed()
         return record.status in RunStatus.TERMINAL
 
@@ -612,13 +626,23 @@ class StoreRun:
 
     # ---- events ------------------------------------------------------------------------------
 
+    def _settle_if_done(self) -> None:
+        if self.future is not None and self.future.done():
+            self._settle_future()
+
     def events(self, from_seq: int) -> Iterator[Event]:
-        for raw in StoreTail(self.store, self.run_id, from_seq, poll_max_s=self.poll_max_s):
+        tail = StoreTail(
+            self.store, self.run_id, from_seq, poll_max_s=self.poll_max_s, before_check=self._settle_if_done
+        )
+        for raw in tail:
             self._saw_end = self._saw_end or raw.get("kind") in TERMINAL_KINDS
             yield Event.from_dict(raw)
 
     async def aevents(self, from_seq: int) -> AsyncIterator[Event]:
-        async for raw in StoreTail(self.store, self.run_id, from_seq, poll_max_s=self.poll_max_s):
+        tail = StoreTail(
+            self.store, self.run_id, from_seq, poll_max_s=self.poll_max_s, before_check=self._settle_if_done
+        )
+        async for raw in tail:
             self._saw_end = self._saw_end or raw.get("kind") in TERMINAL_KINDS
             yield Event.from_dict(raw)
 
