@@ -24,6 +24,21 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
 
+def _register(value: Any) -> None:
+    from amsha.secrets import register_secret
+
+    if isinstance(value, str) and value:
+        register_secret(value)
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+
+            password = conninfo_to_dict(value).get("password")
+        except Exception:  # noqa: BLE001 - not a DSN (or psycopg missing): the value alone is registered
+            password = None
+        if password:
+            register_secret(str(password))
+
+
 class PostgresStoreOptions(BaseModel):
     """Options of the ``postgres`` state store (``state: {name: postgres, options: {...}}``).
 
@@ -76,7 +91,9 @@ class PostgresStoreOptions(BaseModel):
         if isinstance(data, dict):
             for key in _CREDENTIAL_KEYS:
                 if key in data:
-                    # The value is never echoed: it may be the secret itself.
+                    # The value is the secret itself: registered, so that no error, log or
+                    # record shows it (the config error quotes what it got).
+                    _register(data[key])
                     raise ValueError(
                         f"option {key!r} is refused: credentials never go into config; put the DSN "
                         f"(with its password) in an environment variable and name it in dsn_env"
@@ -87,7 +104,8 @@ class PostgresStoreOptions(BaseModel):
     @classmethod
     def _env_name(cls, value: str) -> str:
         if not _ENV_NAME.match(value):
-            # Not echoed either: a DSN pasted here by mistake would carry its password.
+            # A DSN pasted here by mistake carries its password: registered before it is quoted.
+            _register(value)
             raise ValueError("must be the name of an environment variable (letters, digits, _), not a DSN")
         return value
 

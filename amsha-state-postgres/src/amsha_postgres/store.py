@@ -369,7 +369,7 @@ class PostgresStore:
     def _retryable(exc: psycopg.Error) -> str | None:
         """Why ``exc`` may pass on a retry (``"connection"`` for a lost or refused
         connection), or None when it will not."""
-        state = getattr(exc, "sqlstate", None)
+        state = _sqlstate(exc)
         if state in _RETRY_SQLSTATES:
             return "connection" if state.startswith("57P") else _RETRY_SQLSTATES[state]
         if isinstance(exc, psycopg_pool.PoolTimeout):
@@ -391,8 +391,9 @@ class PostgresStore:
                 pass
 
     def _error(self, op: str, exc: BaseException, attempts: int = 1, why: str | None = None) -> StateError:
-        msg = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        state = getattr(exc, "sqlstate", None)
+        text = str(exc).strip()
+        msg = _scrub(text.splitlines()[0] if text else type(exc).__name__)
+        state = _sqlstate(exc)
         where = f"postgres store {self.where} (schema {self.schema})"
         tried = f" after {attempts} attempts over {self.retry_budget_s:g} s" if attempts > 1 else ""
         if why == "connection":
@@ -451,7 +452,14 @@ class PostgresStore:
                         ) from None
             return found
 
-        self._call("open", check)
+        def attempt(deadline: float) -> int:
+            # The first connection is opened here, not by the pool, so that a wrong password
+            # or a missing database is reported as such at once (the pool would only time out).
+            with psycopg.connect(self._dsn, **self._kwargs()) as conn:
+                self._configure(conn)
+                return check(conn)
+
+        self._retry("open", attempt)
 
     def schema_version(self) -> int:
         """The layout version of the store's schema (0 when it has no tables yet)."""
@@ -942,6 +950,25 @@ class PostgresStore:
     def size_bytes(self) -> int:
         """The bytes the store's tables take on the server, with their indexes and TOAST."""
         return int(self._call("size_bytes", lambda conn: conn.execute(self._q.size, (self.schema,)).fetchone()[0]))
+
+
+# libpq's connection failures carry no SQLSTATE: the ones a retry cannot fix, by their text.
+_CONNECT_FAILURES = (
+    ("password authentication failed", "28P01"),
+    ("no pg_hba.conf entry", "28000"),
+    ("role \"", "28000"),
+    ("database \"", "3D000"),
+)
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    state = getattr(exc, "sqlstate", None)
+    if state is None and isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg_pool.PoolTimeout):
+        text = str(exc)
+        for needle, code in _CONNECT_FAILURES:
+            if needle in text and ("does not exist" in text or code.startswith("28P") or "pg_hba" in text):
+                return code
+    return state
 
 
 def _b(value: Any) -> bytes | None:
