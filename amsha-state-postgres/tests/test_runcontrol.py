@@ -187,7 +187,9 @@ def test_wait_for_events_wakes_on_a_commit_in_another_process_without_polling(
     assert sorted(lags)[len(lags) // 2] < 0.1, lags
 
 
-def test_wait_for_events_times_out_and_polls_when_notifications_are_off(make_store: Callable[..., PostgresStore]) -> None:
+def test_wait_for_events_times_out_and_polls_when_notifications_are_off(
+    make_store: Callable[..., PostgresStore],
+) -> None:
     store = make_store(notifications="off", poll_interval_s=0.05)
     started = time.monotonic()
     assert store.wait_for_events("r", 0, 0.3) == []

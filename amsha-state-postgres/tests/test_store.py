@@ -70,7 +70,7 @@ def test_credentials_in_config_are_refused_naming_the_key(key: str) -> None:
     secret = "hunter2-in-config"
     with pytest.raises(ConfigError) as info:
         ExecutionSession({"state": {"name": "postgres", "options": {key: secret}}})
-    assert f"state.options" in str(info.value) and repr(key) in str(info.value)
+    assert "state.options" in str(info.value) and repr(key) in str(info.value)
     assert "dsn_env" in str(info.value)
     assert secret not in str(info.value) and secret not in repr(info.value)
 
@@ -135,7 +135,9 @@ def test_the_password_never_appears_in_errors_logs_or_rows(
 # ---- storage by change ------------------------------------------------------------------------
 
 
-def test_a_version_stores_only_the_keys_that_changed(pg_server: PostgresServer, schema: str, store: PostgresStore) -> None:
+def test_a_version_stores_only_the_keys_that_changed(
+    pg_server: PostgresServer, schema: str, store: PostgresStore
+) -> None:
     big = {f"k{i}": f"{i}:" + "x" * 10_000 for i in range(100)}  # about 1 MB
     store.put_state("s", big, expected_version=0)
     first = layout(pg_server, schema)
@@ -162,7 +164,9 @@ def test_reads_build_on_a_bounded_chain(pg_server: PostgresServer, schema: str, 
         state = {**state, f"k{v % 20}": f"{v}:" + "z" * 1_000}
         store.put_state("s", state, expected_version=v)
     with pg_server.admin() as conn:
-        chains = conn.execute(f'SELECT version, base, depth, chain FROM "{schema}".state_versions ORDER BY version').fetchall()
+        chains = conn.execute(
+            f'SELECT version, base, depth, chain FROM "{schema}".state_versions ORDER BY version'
+        ).fetchall()
     assert all(v - base == depth <= MAX_DEPTH for v, base, depth, _ in chains)
     assert all(chain <= 21_000 for *_, chain in chains)
     assert 10 <= len([v for v, base, _, _ in chains if v == base]) <= 16

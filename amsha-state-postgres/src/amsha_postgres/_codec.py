@@ -210,4 +210,3 @@ def apply(state: dict[str, Any] | None, removed: bytes | None, ord_: bytes | Non
     if ord_ is not None:
         state = {key: state[key] for key in decode(ord_)}
     return state
-

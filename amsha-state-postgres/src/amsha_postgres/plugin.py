@@ -33,7 +33,7 @@ def _register(value: Any) -> None:
             from psycopg.conninfo import conninfo_to_dict
 
             password = conninfo_to_dict(value).get("password")
-        except Exception:  # noqa: BLE001 - not a DSN (or psycopg missing): the value alone is registered
+        except Exception:
             password = None
         if password:
             register_secret(str(password))

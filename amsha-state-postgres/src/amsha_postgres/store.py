@@ -132,7 +132,9 @@ def _control_fields(row: Sequence[Any], now: float) -> dict[str, Any]:
         "owner": None if owner_id is None else {"id": owner_id, "host": host or "", "pid": int(pid or 0)},
         "heartbeat_at": None if hb is None else now + hb,
         "lease_expires_at": None if lease is None else now + lease,
-        "cancel_request": None if reason is None else {"reason": reason, "at": None if cancel_at is None else now + cancel_at},
+        "cancel_request": None
+        if reason is None
+        else {"reason": reason, "at": None if cancel_at is None else now + cancel_at},
     }
 
 
@@ -326,12 +328,12 @@ class PostgresStore:
         for conn in listeners:
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
+            except Exception:
                 pass
         if pool is not None:
             try:
                 pool.close(timeout=5)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     # ---- calls, retries and errors ----------------------------------------------------------
@@ -387,7 +389,7 @@ class PostgresStore:
         if pool is not None:
             try:
                 pool.check()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     def _error(self, op: str, exc: BaseException, attempts: int = 1, why: str | None = None) -> StateError:
@@ -477,7 +479,11 @@ class PostgresStore:
             raise LeaseLostError(run_id, "no such run in the store; the write was refused")
         holds, holder = row
         if not holds:
-            who = "its lease expired" if holder == owner else ("the lease is held by another owner" if holder else "no owner holds a lease")
+            who = (
+                "its lease expired"
+                if holder == owner
+                else ("the lease is held by another owner" if holder else "no owner holds a lease")
+            )
             raise LeaseLostError(run_id, f"owner {owner[:8]} no longer holds the lease ({who}); the write was refused")
 
     # ---- states -----------------------------------------------------------------------------
@@ -874,7 +880,7 @@ class PostgresStore:
                 self._listeners.remove(conn)
         try:
             conn.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
     # ---- retention --------------------------------------------------------------------------
@@ -956,8 +962,8 @@ class PostgresStore:
 _CONNECT_FAILURES = (
     ("password authentication failed", "28P01"),
     ("no pg_hba.conf entry", "28000"),
-    ("role \"", "28000"),
-    ("database \"", "3D000"),
+    ('role "', "28000"),
+    ('database "', "3D000"),
 )
 
 
@@ -1069,7 +1075,9 @@ class _Queries:
             "FROM unnest(%s::bigint[], %s::bytea[]) AS t(seq, body)"
         )
         self.notify = "SELECT pg_notify(%s, %s)"
-        self.events_written = f"SELECT count(*) FROM {ev} WHERE run_id = %s AND seq = ANY(%s::bigint[]) AND write_id = %s"
+        self.events_written = (
+            f"SELECT count(*) FROM {ev} WHERE run_id = %s AND seq = ANY(%s::bigint[]) AND write_id = %s"
+        )
         self.read_events = f"SELECT body FROM {ev} WHERE run_id = %s AND seq >= %s ORDER BY seq"
         self.delete_run = f"DELETE FROM {runs} WHERE run_id = %s"
         self.delete_events = f"DELETE FROM {ev} WHERE run_id = %s"

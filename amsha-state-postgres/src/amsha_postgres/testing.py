@@ -89,7 +89,9 @@ def find_bindir(install: bool = True) -> Path:
         if result.returncode == 0 and step[-1] == "postgresql":
             break
         if i == len(steps) - 1:
-            raise ServerUnavailable(f"apt-get install postgresql failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+            raise ServerUnavailable(
+                f"apt-get install postgresql failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+            )
     found = _find()
     if found is None:
         raise ServerUnavailable("apt-get installed postgresql, but initdb and pg_ctl are still not found")
@@ -131,7 +133,9 @@ class PostgresServer:
             try:
                 entry = pwd.getpwnam("postgres")
             except KeyError:
-                raise ServerUnavailable("running as root, but there is no 'postgres' user to run the server as") from None
+                raise ServerUnavailable(
+                    "running as root, but there is no 'postgres' user to run the server as"
+                ) from None
             os.chown(self.folder, entry.pw_uid, entry.pw_gid)
             self._as = ["runuser", "-u", "postgres", "--"]
             self._uid, self._gid = entry.pw_uid, entry.pw_gid
@@ -144,8 +148,19 @@ class PostgresServer:
         pwfile.chmod(0o600)
         try:
             self._run(
-                "initdb", "-D", str(self.data), "-U", self.user, "-A", "scram-sha-256", f"--pwfile={pwfile}",
-                "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions",
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                self.user,
+                "-A",
+                "scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
             )
         finally:
             pwfile.unlink(missing_ok=True)
@@ -167,13 +182,27 @@ class PostgresServer:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.folder, check=False)
         if result.returncode != 0:
             log = self.logfile.read_text(errors="replace")[-3000:] if self.logfile.exists() else ""
-            raise ServerUnavailable(f"{tool} {' '.join(args[:3])} failed ({result.returncode}): {result.stderr[-2000:]}\n{log}")
+            raise ServerUnavailable(
+                f"{tool} {' '.join(args[:3])} failed ({result.returncode}): {result.stderr[-2000:]}\n{log}"
+            )
         return result.stdout
 
     def start(self) -> None:
         """Start (or start again) the server on its port; waits until it accepts connections."""
         options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-w", "-t", "60", "-o", f"-p {self.port} {options}", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.logfile),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {self.port} {options}",
+            "start",
+        )
         self.started = True
 
     def stop(self, mode: str = "fast") -> None:
