@@ -96,8 +96,14 @@ transaction)."""
 
 def layout_version(conn: Any, schema: str) -> int:
     """The layout of ``schema`` (0 when it has no store tables yet)."""
-    row = conn.execute("SELECT to_regclass(%s)", (f'"{schema}".amsha_schema',)).fetchone()
-    if row is None or row[0] is None:
+    # A query of the catalog, not to_regclass(): it reads with the statement's snapshot, so
+    # it sees tables that another process committed while this one waited for the lock.
+    row = conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = 'amsha_schema'",
+        (schema,),
+    ).fetchone()
+    if row is None:
         return 0
     row = conn.execute(f'SELECT max(version) FROM "{schema}".amsha_schema').fetchone()
     return int(row[0] or 0)

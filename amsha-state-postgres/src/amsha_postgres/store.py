@@ -531,7 +531,15 @@ class PostgresStore:
                 )
             return version, Tip(version, write_id, planned.base, planned.depth, planned.chain, values, total)
 
-        version, tip = self._call(f"put_state({state_id!r})", write)
+        def write_or_conflict(conn: psycopg.Connection[Any]) -> tuple[int, Tip | None]:
+            try:
+                return write(conn)
+            except pgerrors.UniqueViolation:
+                # Only a writer that skipped the lock (an older release) could get here.
+                top = conn.execute(q.max_version, (state_id,)).fetchone()[0] or 0
+                raise VersionConflictError(state_id, expected_version, top) from None
+
+        version, tip = self._call(f"put_state({state_id!r})", write_or_conflict)
         if tip is not None:
             self._remember(state_id, tip)
         return version
