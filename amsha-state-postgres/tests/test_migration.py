@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from amsha.errors import SchemaVersionError, StateError
-from amsha_postgres import _migrate, store as store_module
+from amsha_postgres import _migrate
+from amsha_postgres import store as store_module
 from amsha_postgres.store import SCHEMA_VERSION, PostgresStore
 from amsha_postgres.testing import PostgresServer
 

@@ -363,7 +363,7 @@ class PostgresStore:
                 if why is None or time.monotonic() + delay > deadline:
                     raise self._error(op, exc, attempts, why) from None
                 if why == "connection":
-                    self._drop_stale()
+                    self._drop_stale(exc)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
 
@@ -382,15 +382,27 @@ class PostgresStore:
             return "connection"  # libpq's own: the server closed the connection, refused, ...
         return None
 
-    def _drop_stale(self) -> None:
+    def _drop_stale(self, exc: BaseException) -> None:
         """After a lost connection: test the idle connections, so retries do not take the
-        other broken ones one by one (after a server restart all of them are)."""
+        other broken ones one by one (after a server restart all of them are). After the pool
+        timed out (it found no server to connect to), start a new pool: the old one's
+        reconnection backs off for seconds, the new one tries at once."""
         pool = self._pool
-        if pool is not None:
+        if pool is None:
+            return
+        if isinstance(exc, psycopg_pool.PoolTimeout):
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None
             try:
-                pool.check()
+                pool.close(timeout=0)
             except Exception:
                 pass
+            return
+        try:
+            pool.check()
+        except Exception:
+            pass
 
     def _error(self, op: str, exc: BaseException, attempts: int = 1, why: str | None = None) -> StateError:
         text = str(exc).strip()
