@@ -61,7 +61,7 @@ def v1_file(tmp_path: Path) -> Path:
 
 def test_schema_1_is_migrated_forward(v1_file: Path) -> None:
     store = SqliteStore(v1_file)
-    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert store.schema_version() == SCHEMA_VERSION == 4
     for i, data in enumerate(HISTORY, start=1):
         snap = store.get_state("st", i)
         assert snap.data == data and list(snap.data) == list(data)
@@ -149,7 +149,7 @@ def exact(value: Any) -> str:
 def test_schema_2_is_migrated_forward(tmp_path: Path) -> None:
     path = v2_file(tmp_path / "v2.db")
     store = SqliteStore(path)
-    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert store.schema_version() == SCHEMA_VERSION == 4
     for i, (data, run) in enumerate(V2_HISTORY, start=1):
         snap = store.get_state("st", i)
         assert exact(snap.data) == exact(data), i
@@ -187,3 +187,30 @@ def test_failed_migration_leaves_the_file_at_schema_2(tmp_path: Path) -> None:
     assert {"blobs", "state_keys", "state_versions"} <= tables and "state_versions_2" not in tables
     assert conn.execute("SELECT count(*) FROM state_versions").fetchone()[0] == len(V2_HISTORY) + 1
     conn.close()
+
+
+def test_schema_3_is_migrated_forward(tmp_path: Path) -> None:
+    """A schema-3 file (no run control) opens as schema 4: its runs read back unchanged, have
+    no lease (so are never reported LOST), and can be cancelled and claimed as usual."""
+    from amsha.state import RunOwner, RunRecord
+
+    path = tmp_path / "v3.db"
+    store = SqliteStore(path)
+    store.put_run(RunRecord("old-run", status="RUNNING", tasks=["a"], created_at=1000.0))
+    store.put_run(RunRecord("queued", status="PENDING", created_at=1001.0))
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE run_control")
+    conn.execute("UPDATE amsha_schema SET version = 3")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    assert store.schema_version() == 4
+    old = store.get_run("old-run")
+    assert (old.status, old.tasks, old.owner, old.lease_expires_at) == ("RUNNING", ["a"], None, None)
+    assert old.observed().status == "RUNNING"
+    assert store.request_cancel("queued", "stop") == "cancelled"
+    assert store.get_run("queued").status == "CANCELLED"
+    control = store.claim_run(RunRecord("new", status="RUNNING"), RunOwner.here(), 5.0)
+    assert control.lease_expires_at is not None
+    store.close()

@@ -4,12 +4,14 @@
 
     amsha plugins [--json]
     amsha config check CONFIG
-    amsha run CONFIG [--task NAME]... [--input KEY=VALUE]... [--mode interactive|background] [--json]
-    amsha runs list|show RUN_ID|events RUN_ID|replay RUN_ID [--config CONFIG] [--json]
+    amsha run CONFIG [--task NAME]... [--input KEY=VALUE]... [--mode interactive|background] [--detach] [--json]
+    amsha runs list|show RUN_ID|events RUN_ID|watch RUN_ID|cancel RUN_ID|replay RUN_ID [--config CONFIG] [--json]
 
 Bad input exits non-zero with a one-line error; ``--traceback`` (or ``AMSHA_TRACEBACK=1``)
-shows the traceback too. Exit codes: 0 success, 1 the run failed or was cancelled, 2 bad
-input (config, plugin, arguments), 130 interrupted.
+shows the traceback too, also that of a failed run's error. Exit codes: 0 success, 1 the run
+failed, was cancelled or was lost, 2 bad input (config, plugin, arguments), 130 interrupted
+(SIGINT), 143 terminated (SIGTERM): either signal during ``amsha run`` cancels the run first
+(reason ``interrupted``) and waits for it to record CANCELLED.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -32,21 +35,25 @@ DEFAULT_CONFIGS = ("amsha.yaml", "amsha.yml", "amsha.toml")
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="amsha", description="Amsha: run, observe and replay LLM and agent work.")
+    # --traceback is accepted before the command and after it (a parent of every subparser;
+    # SUPPRESS keeps a subparser from resetting what was given before the command).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    parser = argparse.ArgumentParser(
+        prog="amsha", description="Amsha: run, observe and replay LLM and agent work.", parents=[common]
+    )
     parser.add_argument("--version", action="version", version=f"amsha {__version__}")
-    parser.add_argument("--traceback", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("plugins", help="list plugins, what they register and their load errors")
+    p = sub.add_parser("plugins", help="list plugins, what they register and their load errors", parents=[common])
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("config", help="config commands")
+    p = sub.add_parser("config", help="config commands", parents=[common])
     csub = p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
-    c = csub.add_parser("check", help="validate a config file and its backends")
+    c = csub.add_parser("check", help="validate a config file and its backends", parents=[common])
     c.add_argument("config", help="path to amsha.yaml / amsha.toml")
     c.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("run", help="run tasks from a config")
+    p = sub.add_parser("run", help="run tasks from a config", parents=[common])
     p.add_argument("config", help="path to amsha.yaml / amsha.toml")
     p.add_argument("--task", action="append", dest="tasks", metavar="NAME", help="a task to run (repeatable, in order)")
     p.add_argument(
@@ -58,17 +65,25 @@ def _parser() -> argparse.ArgumentParser:
         help="fills {KEY} in agent and task texts",
     )
     p.add_argument("--mode", choices=["interactive", "background"], default="interactive")
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="start the run in a detached process of its own, print its run id and exit (watch it with "
+        "'amsha runs watch RUN_ID'); needs a store other processes reach (file, sqlite, postgres)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object: run_id, status, outputs, metrics")
 
-    p = sub.add_parser("runs", help="inspect recorded runs in the configured store")
+    p = sub.add_parser("runs", help="inspect, watch and cancel runs in the configured store", parents=[common])
     rsub = p.add_subparsers(dest="runs_command", required=True, metavar="SUBCOMMAND")
     for name, help_text in (
         ("list", "recent runs"),
         ("show", "one run's record"),
         ("events", "one run's events, in order"),
+        ("watch", "stream a run live, from any process; exits with its status"),
+        ("cancel", "cancel a run, wherever it executes"),
         ("replay", "re-run a recorded run offline from its recorded LLM exchanges"),
     ):
-        r = rsub.add_parser(name, help=help_text)
+        r = rsub.add_parser(name, help=help_text, parents=[common])
         if name != "list":
             r.add_argument("run_id")
         r.add_argument(
@@ -77,9 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         r.add_argument("--json", action="store_true")
         if name == "list":
             r.add_argument("--limit", type=int, default=20)
-        if name == "events":
+        if name in ("events", "watch"):
             r.add_argument("--from-seq", type=int, default=0)
             r.add_argument("--no-tokens", action="store_true", help="leave out llm.token events")
+        if name == "cancel":
+            r.add_argument("--reason", default="cancelled from the command line")
+            r.add_argument("--wait", action="store_true", help="wait until the run has ended")
     return parser
 
 
@@ -87,17 +105,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``amsha`` command; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    show_tb = args.traceback or bool(os.environ.get("AMSHA_TRACEBACK"))
-    from .errors import AmshaError, ExecutionError, RunCancelledError, RunFailedError
+    show_tb = getattr(args, "traceback", False) or bool(os.environ.get("AMSHA_TRACEBACK"))
+    args.show_tb = show_tb
+    from .errors import AmshaError, ExecutionError, RunCancelledError, RunFailedError, RunLostError
 
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
         print("amsha: interrupted", file=sys.stderr)
         return 130
-    except (RunFailedError, RunCancelledError) as exc:
+    except (RunFailedError, RunCancelledError, RunLostError) as exc:
         if show_tb:
-            traceback.print_exc()
+            _print_traceback(exc)
         print(f"amsha: {_one_line(exc)}", file=sys.stderr)
         return 1
     except AmshaError as exc:
@@ -107,6 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if isinstance(exc, ExecutionError) and not isinstance(exc, ValueError) else 2
     except BrokenPipeError:
         return 0
+
+
+def _print_traceback(exc: BaseException) -> None:
+    """The traceback of ``exc``; for a failed run, of the error that ended it."""
+    from .secrets import redact
+
+    cause = getattr(exc, "cause", None)
+    target = cause if isinstance(cause, BaseException) and cause.__traceback__ is not None else exc
+    text = "".join(traceback.format_exception(target))
+    print(redact(text), file=sys.stderr, end="")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -206,66 +235,184 @@ def _error_payload(exc: BaseException) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": _one_line(exc)}
 
 
+class _Interrupt:
+    """SIGINT and SIGTERM during ``amsha run``: the first cancels the run (reason
+    ``interrupted``) and lets it record CANCELLED and flush its events; the exit code is then
+    130 or 143. A second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.handle: Any = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupt:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.signum is not None or self.handle is None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.handle.cancel("interrupted")
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
+
+    @property
+    def code(self) -> int | None:
+        return None if self.signum is None else 128 + self.signum
+
+
+def _renderer() -> Any:
+    """The terminal view of a run: tokens and task lines. The run's outcome (metrics or the
+    error) is printed once, by the command, not by the renderer."""
+    from .builtins.observers import ConsoleObserver
+
+    class Renderer(ConsoleObserver):
+        def on_event(self, event: Any) -> None:
+            if event.kind in ("run.finished", "run.failed", "run.cancelled"):
+                return
+            if event.kind == "task.failed":
+                self.console.out("")
+                self.console.print(f"✘ task {event.task} failed", style="red", markup=False, highlight=False)
+                return
+            super().on_event(event)
+
+    return Renderer()
+
+
 def _run(args: argparse.Namespace) -> int:
     from .builtins.observers import ConsoleObserver
-    from .errors import RunCancelledError, RunFailedError
     from .handle import ExecutionMode
 
     inputs = _parse_inputs(args.inputs)
     session = _session(args.config)
-    has_console = any(isinstance(o, ConsoleObserver) for o in session.observers)
     try:
+        if args.detach:
+            return _detached(args, session, inputs)
+        has_console = any(isinstance(o, ConsoleObserver) for o in session.observers)
         mode = ExecutionMode(args.mode)
-        handle = session.run(args.tasks, inputs=inputs, mode=mode)
-        renderer = None if (args.json or has_console) else ConsoleObserver()
-        if mode is ExecutionMode.INTERACTIVE:
-            try:
-                for event in handle.stream():
-                    if renderer is not None:
-                        renderer.on_event(event)
-            except KeyboardInterrupt:
-                handle.cancel("interrupted from the terminal")
-        else:
-            if not args.json:
-                print(f"run {handle.run_id} started in the background", file=sys.stderr)
-            last = None
-            while not handle.done():
-                status = handle.status()
-                if status != last and not args.json:
-                    print(f"  status: {status}", file=sys.stderr)
-                    last = status
-                time.sleep(0.05)
-            if renderer is not None:
-                for event in handle.stream(
-                    kinds=("task.finished", "task.failed", "run.finished", "run.failed", "run.cancelled")
-                ):
+        renderer = None if (args.json or has_console) else _renderer()
+        with _Interrupt() as interrupt:
+            handle = session.run(args.tasks, inputs=inputs, mode=mode)
+            interrupt.handle = handle
+            if mode is ExecutionMode.BACKGROUND and not args.json:
+                print(f"run {handle.run_id} started in the background", file=sys.stderr, flush=True)
+            kinds = None if mode is ExecutionMode.INTERACTIVE else ("task.started", "task.finished", "task.failed")
+            for event in handle.stream(kinds=kinds):
+                if renderer is not None:
                     renderer.on_event(event)
-        # Observers (the console one among them) run on threads of their own: let them
-        # finish printing before the summary.
-        session.flush_observers(timeout=10)
-        try:
-            result = handle.result()
-            payload = result.to_dict()
-            code = 0
-        except (RunFailedError, RunCancelledError) as exc:
-            payload = {
-                "run_id": handle.run_id,
-                "status": handle.status(),
-                "outputs": dict(session._runs[handle.run_id].outputs),
-                "metrics": handle.metrics.to_dict(),
-                "error": _error_payload(exc),
-            }
-            code = 1
-            if not args.json:
-                print(f"amsha: {_one_line(exc)}", file=sys.stderr)
-        if args.json:
-            payload.pop("state", None)
-            print(json.dumps(payload, indent=2, ensure_ascii=False))
-        elif code == 0:
-            _print_metrics(payload["metrics"])
-        return code
+            # Observers (the console one among them) run on threads of their own: let them
+            # finish printing before the outcome.
+            session.flush_observers(timeout=10)
+            code = _outcome(args, handle, print_metrics=not has_console, print_error=not has_console)
+        return interrupt.code or code
     finally:
         session.close()
+
+
+def _outcome(args: argparse.Namespace, handle: Any, *, print_metrics: bool, print_error: bool) -> int:
+    """Print a run's outcome once (JSON, or metrics, or its error) and return the exit code."""
+    from .errors import RunCancelledError, RunFailedError, RunLostError
+
+    try:
+        result = handle.result()
+        payload = result.to_dict()
+        code = 0
+    except (RunFailedError, RunCancelledError, RunLostError) as exc:
+        partial = exc.result
+        payload = {
+            "run_id": handle.run_id,
+            "status": handle.status(),
+            "outputs": dict(partial.outputs) if partial is not None else {},
+            "metrics": handle.metrics.to_dict(),
+            "error": _error_payload(exc),
+        }
+        code = 1
+        if args.show_tb:
+            _print_traceback(exc)
+        if not args.json and print_error:
+            print(f"amsha: {_one_line(exc)}", file=sys.stderr)
+    if args.json:
+        payload.pop("state", None)
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+    elif code == 0 and print_metrics:
+        _print_metrics(payload["metrics"])
+    return code
+
+
+def _detached(args: argparse.Namespace, session: Any, inputs: dict[str, str]) -> int:
+    from ._detach import DetachedProcess
+    from .errors import InputError
+    from .runcontrol import require_run_control
+
+    if getattr(session.store, "process_local", False):
+        raise InputError(
+            f"--detach runs in another process, which cannot reach the {session.config.state.name!r} store of this "
+            f"one; configure a store both reach (state: file, sqlite or postgres)"
+        )
+    require_run_control(session.store, "--detach")
+    handle = session.run(args.tasks, inputs=inputs, mode="background", executor=DetachedProcess())
+    if args.json:
+        print(json.dumps({"run_id": handle.run_id, "status": handle.status()}))
+    else:
+        print(handle.run_id)
+        print(f"amsha: watch it with: amsha runs watch {handle.run_id} --config {args.config}", file=sys.stderr)
+    return 0
+
+
+def _watch(args: argparse.Namespace, session: Any) -> int:
+    """``runs watch``: stream a run live (tokens, task lines), then its outcome; the exit code
+    is its status (0 SUCCEEDED, 1 otherwise). Interrupting stops watching; the run goes on."""
+    handle = session.attach(args.run_id)
+    renderer = None if args.json else _renderer()
+    kinds = None
+    if args.no_tokens:
+        kinds = ("task.started", "task.finished", "task.failed", "run.finished", "run.failed", "run.cancelled")
+    for event in handle.stream(args.from_seq, kinds=kinds):
+        if args.json:
+            print(json.dumps(event.to_dict(), ensure_ascii=False), flush=True)
+        elif renderer is not None:
+            renderer.on_event(event)
+    if renderer is not None:
+        renderer.console.out("")
+    if args.json:
+        record = session.get_run(args.run_id)
+        print(json.dumps({"run_id": record.run_id, "status": record.status}))
+        return 0 if record.status == "SUCCEEDED" else 1
+    return _outcome(args, handle, print_metrics=True, print_error=True)
+
+
+def _cancel(args: argparse.Namespace, session: Any) -> int:
+    """``runs cancel``: record a cancel request (or cancel a queued run at once)."""
+    from .state import CancelOutcome
+
+    outcome = session.cancel_run(args.run_id, args.reason)
+    status = session.get_run(args.run_id).status
+    text = {
+        CancelOutcome.REQUESTED: f"run {args.run_id}: cancel requested; its owner stops it within runs.cancel_poll_s",
+        CancelOutcome.CANCELLED: f"run {args.run_id} had not started: it is CANCELLED and will not start",
+        CancelOutcome.ENDED: f"run {args.run_id} had already ended ({status}): nothing to cancel",
+        CancelOutcome.LOST: f"run {args.run_id} is LOST (its owner stopped renewing its lease): nothing to cancel",
+    }[outcome]
+    if args.wait and outcome == CancelOutcome.REQUESTED:
+        handle = session.attach(args.run_id)
+        try:
+            handle.result()
+        except Exception:
+            pass
+        status = handle.status()
+        text += f"; it ended {status}"
+    if args.json:
+        print(json.dumps({"run_id": args.run_id, "outcome": outcome, "status": status}))
+    else:
+        print(text)
+    return 0
 
 
 def _print_metrics(metrics: dict[str, Any] | None) -> None:
@@ -299,6 +446,10 @@ def _runs(args: argparse.Namespace) -> int:
         if session.config.state.name == "memory" and not args.json:
             print("amsha: note: the state store is 'memory'; it holds only this process's runs", file=sys.stderr)
         cmd = args.runs_command
+        if cmd == "watch":
+            return _watch(args, session)
+        if cmd == "cancel":
+            return _cancel(args, session)
         if cmd == "list":
             records = session.runs(args.limit)
             if args.json:
@@ -309,7 +460,7 @@ def _runs(args: argparse.Namespace) -> int:
                     print(f"{r.run_id}  {r.status:<9}  {r.mode:<11}  {when}  {','.join(r.tasks)}")
             return 0
         if cmd == "show":
-            record = session.store.get_run(args.run_id)
+            record = session.get_run(args.run_id)
             if args.json:
                 print(json.dumps(record.to_dict(), indent=2, ensure_ascii=False))
             else:
@@ -318,6 +469,18 @@ def _runs(args: argparse.Namespace) -> int:
                 if record.inputs:
                     print(f"  inputs: {json.dumps(record.inputs, ensure_ascii=False)}")
                 print(f"  state: {record.state_id} v{record.state_version}")
+                if record.owner:
+                    owner = record.owner
+                    beat = (
+                        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.heartbeat_at))
+                        if record.heartbeat_at
+                        else "never"
+                    )
+                    print(f"  owner: {owner.get('host')} pid {owner.get('pid')}; last heartbeat {beat}")
+                if record.cancel_request:
+                    print(f"  cancel requested: {record.cancel_request.get('reason')}")
+                if record.status == "LOST":
+                    print("  lost: its owner stopped renewing its lease; the last state snapshot is kept")
                 if record.error:
                     print(f"  error: {record.error.get('type')}: {record.error.get('message')}")
                 for name, output in record.outputs.items():

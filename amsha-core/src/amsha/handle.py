@@ -2,8 +2,9 @@
 
 A handle abstracts sync vs async, streaming vs not, local vs another process:
 ``status()``, ``result(timeout)``, ``stream()``, ``cancel()`` and their async twins. A
-handle of a run in this process reads its live event log; a handle attached by ``run_id``
-(``session.attach``) reads the shared store and polls it.
+handle of a run in this process reads its live event log; a handle of a run executing
+elsewhere (attached by ``run_id``, or handed to a worker) reads the shared store through
+:class:`amsha.runcontrol.StoreRun`, with the same semantics.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ import asyncio
 import concurrent.futures
 import enum
 import json
-import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import RunCancelledError, RunFailedError, RunTimeoutError, error_from_dict
+from .errors import AmshaError, RunCancelledError, RunFailedError, RunLostError, RunTimeoutError, error_from_dict
 from .events import TERMINAL_KINDS, Event, RunEventLog
-from .metrics import AmshaMetrics, MetricsCollector
-from .state import ExecutionState, RunRecord, RunStatus, StateStore
+from .metrics import AmshaMetrics
+from .runcontrol import StoreRun
+from .state import CancelOutcome, ExecutionState, RunStatus, StateStore
 
 if TYPE_CHECKING:
     from .session import _Run
@@ -62,11 +63,16 @@ class RunResult:
         }
 
 
-POLL_S = 0.05
-
-
 class ExecutionHandle:
-    """The client's grip on one run. Create runs with ``ExecutionSession.run``/``arun``."""
+    """The client's grip on one run. Create runs with ``ExecutionSession.run``/``arun``, or
+    attach to one by id with ``ExecutionSession.attach``.
+
+    The same API wherever the run executes: in this process (events come from the run's
+    live log), or in another process or machine that shares the store (a worker, a detached
+    ``amsha run``, an attached id: events are tailed from the store as they are committed,
+    status comes from the store with LOST applied, and cancel is a request recorded in the
+    store that the run's owner acts on within ``runs.cancel_poll_s``).
+    """
 
     def __init__(
         self,
@@ -76,12 +82,18 @@ class ExecutionHandle:
         run: _Run | None = None,
         store: StateStore | None = None,
         detach: bool = False,
+        poll_max_s: float = 0.25,
     ) -> None:
         self.run_id = run_id
         self.mode = mode
         self.detached = detach
         self._run = run
-        self._store = store
+        # A run executing elsewhere is read through the store: attached, or handed to a worker.
+        if run is not None:
+            self._view: StoreRun | None = run.remote
+        else:
+            assert store is not None
+            self._view = StoreRun(store, run_id, poll_max_s=poll_max_s)
 
     def __repr__(self) -> str:
         return f"ExecutionHandle(run_id={self.run_id!r}, mode={self.mode.value}, status={self.status()})"
@@ -89,73 +101,53 @@ class ExecutionHandle:
     # ---- status and result --------------------------------------------------------------
 
     def status(self) -> str:
-        """PENDING, RUNNING, SUCCEEDED, FAILED or CANCELLED."""
-        if self._run is not None:
-            return self._run.status
-        assert self._store is not None
-        return self._store.get_run(self.run_id).status
+        """PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED or LOST."""
+        if self._view is not None:
+            return self._view.status()
+        assert self._run is not None
+        return self._run.status
 
     def done(self) -> bool:
+        """True once the run ended (LOST included)."""
         return self.status() in RunStatus.TERMINAL
 
     def result(self, timeout: float | None = None) -> RunResult:
         """Wait for the run and return its :class:`RunResult`.
 
-        Raises :class:`RunFailedError` (``cause`` is the original error) or
-        :class:`RunCancelledError`; :class:`RunTimeoutError` if ``timeout`` seconds pass
-        first (the run goes on).
+        Raises :class:`RunFailedError` (``cause`` is the original error),
+        :class:`RunCancelledError`, or :class:`RunLostError` when the run's owner stopped
+        renewing its lease (it never hangs on a dead owner); :class:`RunTimeoutError` if
+        ``timeout`` seconds pass first (the run goes on).
         """
-        if self._run is not None:
-            try:
-                self._run.done.result(timeout)
-            except concurrent.futures.TimeoutError:
-                raise RunTimeoutError(
-                    f"run {self.run_id} did not finish within {timeout}s; it is still {self.status()}"
-                ) from None
-            return self._run.outcome()
-        return self._poll_result(timeout)
+        if self._view is not None:
+            return self._view.result(self._view.wait(timeout))
+        assert self._run is not None
+        try:
+            self._run.done.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise RunTimeoutError(
+                f"run {self.run_id} did not finish within {timeout}s; it is still {self.status()}"
+            ) from None
+        return self._run.outcome()
 
     async def aresult(self, timeout: float | None = None) -> RunResult:
         """Async twin of :meth:`result`."""
-        if self._run is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._run.done)), timeout)
-            except TimeoutError:
-                raise RunTimeoutError(
-                    f"run {self.run_id} did not finish within {timeout}s; it is still {self.status()}"
-                ) from None
-            return self._run.outcome()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = self._record()
-            if record.status in RunStatus.TERMINAL:
-                return _result_from_record(record, self._store)
-            if deadline is not None and time.monotonic() > deadline:
-                raise RunTimeoutError(
-                    f"run {self.run_id} did not finish within {timeout}s; it is still {record.status}"
-                )
-            await asyncio.sleep(POLL_S)
-
-    def _record(self) -> RunRecord:
-        assert self._store is not None
-        return self._store.get_run(self.run_id)
-
-    def _poll_result(self, timeout: float | None) -> RunResult:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = self._record()
-            if record.status in RunStatus.TERMINAL:
-                return _result_from_record(record, self._store)
-            if deadline is not None and time.monotonic() > deadline:
-                raise RunTimeoutError(
-                    f"run {self.run_id} did not finish within {timeout}s; it is still {record.status}"
-                )
-            time.sleep(POLL_S)
+        if self._view is not None:
+            return self._view.result(await self._view.await_(timeout))
+        assert self._run is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._run.done)), timeout)
+        except TimeoutError:
+            raise RunTimeoutError(
+                f"run {self.run_id} did not finish within {timeout}s; it is still {self.status()}"
+            ) from None
+        return self._run.outcome()
 
     # ---- streaming ----------------------------------------------------------------------
 
     def stream(self, from_seq: int = 0, *, kinds: Iterable[str] | None = None) -> Iterator[Event]:
-        """Every event of the run from ``from_seq`` on, live, ending after the terminal one.
+        """Every event of the run from ``from_seq`` on, live, ending after the terminal one
+        (or, for a LOST run, after the last one it committed).
 
         Replays what was missed first, so a consumer that reconnects with the last ``seq`` it
         saw plus one loses nothing. ``kinds`` filters (``{"llm.token"}`` for text only).
@@ -180,36 +172,21 @@ class ExecutionHandle:
             yield event.text
 
     def _events(self, from_seq: int) -> Iterator[Event]:
-        if self._run is not None:
-            log = self._run.log
-            seen = from_seq
-            while True:
-                if len(log.events) > seen:
-                    batch = log.events[seen:]
-                    seen += len(batch)
-                    yield from batch
-                    continue
-                if log.closed:
-                    return
-                log.wait(seen, 1.0)
-        else:
-            yield from self._poll_events(from_seq)
-
-    def _poll_events(self, from_seq: int) -> Iterator[Event]:
-        assert self._store is not None
-        seq = from_seq
+        if self._view is not None:
+            yield from self._view.events(from_seq)
+            return
+        assert self._run is not None
+        log = self._run.log
+        seen = from_seq
         while True:
-            batch = self._store.read_events(self.run_id, seq)
-            for raw in batch:
-                event = Event.from_dict(raw)
-                seq = event.seq + 1
-                yield event
-                if event.kind in TERMINAL_KINDS:
-                    return
-            if not batch:
-                if self._record().status in RunStatus.TERMINAL and not self._store.read_events(self.run_id, seq):
-                    return
-                time.sleep(POLL_S)
+            if len(log.events) > seen:
+                batch = log.events[seen:]
+                seen += len(batch)
+                yield from batch
+                continue
+            if log.closed:
+                return
+            log.wait(seen, 1.0)
 
     async def astream(self, from_seq: int = 0, *, kinds: Iterable[str] | None = None) -> AsyncIterator[Event]:
         """Async twin of :meth:`stream`."""
@@ -232,22 +209,11 @@ class ExecutionHandle:
             yield event.text
 
     async def _aevents(self, from_seq: int) -> AsyncIterator[Event]:
-        if self._run is None:
-            assert self._store is not None
-            seq = from_seq
-            while True:
-                batch = await asyncio.to_thread(self._store.read_events, self.run_id, seq)
-                for raw in batch:
-                    event = Event.from_dict(raw)
-                    seq = event.seq + 1
-                    yield event
-                    if event.kind in TERMINAL_KINDS:
-                        return
-                if not batch:
-                    record = await asyncio.to_thread(self._record)
-                    if record.status in RunStatus.TERMINAL and not self._store.read_events(self.run_id, seq):
-                        return
-                    await asyncio.sleep(POLL_S)
+        if self._view is not None:
+            async for event in self._view.aevents(from_seq):
+                yield event
+            return
+        assert self._run is not None
         log: RunEventLog = self._run.log
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
@@ -279,16 +245,31 @@ class ExecutionHandle:
     # ---- cancel -------------------------------------------------------------------------
 
     def cancel(self, reason: str = "cancelled by the client") -> bool:
-        """Cancel the run: the provider stream is closed, the status becomes CANCELLED and the
-        last state snapshot is kept. Idempotent; returns False if the run had already ended."""
-        if self._run is None:
-            raise RunCancelledError(self.run_id, "cannot cancel a run attached from the store; cancel it where it runs")
+        """Cancel the run, wherever it executes: the provider stream is closed, the run records
+        CANCELLED with the partial text in its outputs and the usage so far, and the last state
+        snapshot is kept. For a run in another process this records a cancel request in the
+        store, which the run's owner acts on within ``runs.cancel_poll_s``.
+
+        Idempotent. Returns True if this call asked the run to stop; False if the run had
+        already ended (or was LOST, or already asked): cancelling a finished run changes
+        nothing.
+        """
+        if self._view is not None:
+            outcome = self._view.cancel(reason)
+            return outcome in (CancelOutcome.REQUESTED, CancelOutcome.CANCELLED)
+        assert self._run is not None
         return self._run.cancel(reason)
 
     async def acancel(self, reason: str = "cancelled by the client") -> bool:
-        """Async twin of :meth:`cancel`; waits until the run has recorded CANCELLED."""
-        changed = self.cancel(reason)
-        if self._run is not None:
+        """Async twin of :meth:`cancel`; waits until the run has ended."""
+        changed = await asyncio.to_thread(self.cancel, reason) if self._view is not None else self.cancel(reason)
+        if self._view is not None:
+            try:
+                await self._view.await_(None)
+            except AmshaError:
+                pass
+        else:
+            assert self._run is not None
             await asyncio.wrap_future(self._run.done)
         return changed
 
@@ -296,41 +277,25 @@ class ExecutionHandle:
 
     @property
     def state(self) -> ExecutionState | None:
-        """The state this run writes into."""
+        """The state this run writes into (None for a run attached by id)."""
         return self._run.state if self._run is not None else None
 
     @property
     def metrics(self) -> AmshaMetrics:
         """Metrics so far (final once the run ended)."""
-        if self._run is not None:
-            return self._run.collector.metrics
-        assert self._store is not None
-        collector = MetricsCollector(self.run_id)
-        for raw in self._store.read_events(self.run_id):
-            collector(Event.from_dict(raw))
-        return collector.metrics
+        if self._view is not None:
+            return self._view.metrics()
+        assert self._run is not None
+        return self._run.collector.metrics
 
     def to_json(self) -> str:
         """What another process needs to attach: ``session.attach(handle_json)``."""
         return json.dumps({"run_id": self.run_id, "mode": self.mode.value})
 
 
-def _result_from_record(record: RunRecord, store: StateStore | None) -> RunResult:
-    state = None
-    if store is not None and record.state_id and record.state_version:
-        state = ExecutionState.from_store(store, record.state_id, record.state_version)
-    metrics = None
-    if store is not None:
-        collector = MetricsCollector(record.run_id)
-        for raw in store.read_events(record.run_id):
-            collector(Event.from_dict(raw))
-        metrics = collector.metrics
-    result = RunResult(record.run_id, record.status, dict(record.outputs), state, metrics, record.error)
-    raise_for(result)
-    return result
-
-
 def raise_for(result: RunResult, cause: BaseException | None = None) -> None:
+    """Raise the error a handle raises for a run that ended as ``result`` says (nothing for
+    SUCCEEDED)."""
     if result.status == RunStatus.FAILED:
         error = result.error or {"type": "Error", "message": "unknown"}
         failed = RunFailedError(result.run_id, error, cause or error_from_dict(error))
@@ -341,3 +306,8 @@ def raise_for(result: RunResult, cause: BaseException | None = None) -> None:
         cancelled = RunCancelledError(result.run_id, reason)
         cancelled.result = result
         raise cancelled
+    if result.status == RunStatus.LOST:
+        error = result.error or {}
+        lost = RunLostError(result.run_id, error.get("owner"), error.get("heartbeat_at"))
+        lost.result = result
+        raise lost

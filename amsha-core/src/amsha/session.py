@@ -33,11 +33,12 @@ from .errors import (
     ConfigError,
     ExecutionError,
     InputError,
+    LeaseLostError,
     RunCancelledError,
-    RunNotFoundError,
 )
 from .events import Event, Observer, RunEventLog
 from .handle import ExecutionHandle, ExecutionMode, RunResult, raise_for
+from .runcontrol import OwnerLease, StoreRun
 from .llm import LLM
 from .metrics import MetricsCollector
 from .observe import ObserverChannel, ObserverError, observer_name
@@ -45,7 +46,7 @@ from .orchestrator import IOrchestrator, RunContext
 from .plugins import BackendContext, PluginSet, load_plugins
 from .provider import ILLMProvider
 from .registry import Registry
-from .state import ExecutionState, RunRecord, RunStatus, StateStore
+from .state import CancelOutcome, ExecutionState, RunRecord, RunStatus, StateStore, supports_run_control
 
 __all__ = ["ExecutionSession", "run_spec"]
 
@@ -61,7 +62,9 @@ class ExecutionSession:
     objects passed in code, on top of the installed ones. ``registry``: agents and tasks
     registered in code instead of (or on top of) config. ``tools``: callables by name,
     overriding config import paths. ``observers``: observer objects passed in code.
-    ``executor``: the default executor for BACKGROUND runs.
+    ``executor``: the default executor for BACKGROUND runs. ``base_dir``: where relative
+    paths in a config given as a mapping or model resolve (default: the config file's folder,
+    else the working directory).
     """
 
     def __init__(
@@ -73,8 +76,11 @@ class ExecutionSession:
         tools: Mapping[str, Callable[..., Any]] | None = None,
         observers: Iterable[Observer] = (),
         executor: concurrent.futures.Executor | None = None,
+        base_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.config, self.base_dir = load_config(config, code_tools=tools or ())
+        if base_dir is not None and not isinstance(config, str | os.PathLike):
+            self.base_dir = Path(base_dir)
         self._source = config if isinstance(config, str | os.PathLike) else None
         self.plugins: PluginSet = load_plugins(plugins)
         self._extra_plugins = list(plugins)
@@ -114,6 +120,9 @@ class ExecutionSession:
             )
             for observer, ocfg in itertools.zip_longest(self.observers, cfg.observers)
         ]
+        # Observers passed in code see runs handed to workers through the store tail (the
+        # worker runs the config's observers itself).
+        self._code_channels = self._channels[len(cfg.observers) :]
 
     # ---- construction -------------------------------------------------------------------
 
@@ -252,14 +261,15 @@ class ExecutionSession:
         """
         run = self._prepare(tasks, inputs, state, mode, run_id)
         executor = executor or (self.executor if run.mode is ExecutionMode.BACKGROUND else None)
-        run.start_record()
-        if executor is None:
-            run.loop_future = _loop.submit(run.execute())
-        elif isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-            run.future = executor.submit(asyncio.run, run.execute())
+        if _elsewhere(executor):
+            run.start_remote(cast(concurrent.futures.Executor, executor))
         else:
-            run.start_remote(executor)
-        return ExecutionHandle(run.run_id, run.mode, run=run, detach=detach)
+            self._start_record(run)
+            if executor is None:
+                run.loop_future = _loop.submit(run.execute())
+            else:
+                run.future = executor.submit(asyncio.run, run.execute())
+        return self._handle(run, detach)
 
     async def arun(
         self,
@@ -276,14 +286,28 @@ class ExecutionSession:
         ``executor`` for BACKGROUND runs)."""
         run = self._prepare(tasks, inputs, state, mode, run_id)
         executor = executor or (self.executor if run.mode is ExecutionMode.BACKGROUND else None)
-        await asyncio.to_thread(run.start_record)
-        if executor is None:
-            run.task = asyncio.get_running_loop().create_task(run.execute())
-        elif isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-            run.future = executor.submit(asyncio.run, run.execute())
+        if _elsewhere(executor):
+            await asyncio.to_thread(run.start_remote, cast(concurrent.futures.Executor, executor))
         else:
-            run.start_remote(executor)
-        return ExecutionHandle(run.run_id, run.mode, run=run, detach=detach)
+            await asyncio.to_thread(self._start_record, run)
+            if executor is None:
+                run.task = asyncio.get_running_loop().create_task(run.execute())
+            else:
+                run.future = executor.submit(asyncio.run, run.execute())
+        return self._handle(run, detach)
+
+    def _start_record(self, run: _Run) -> None:
+        try:
+            run.start_record()
+        except BaseException:
+            with self._lock:
+                self._runs.pop(run.run_id, None)
+            raise
+
+    def _handle(self, run: _Run, detach: bool = False) -> ExecutionHandle:
+        return ExecutionHandle(
+            run.run_id, run.mode, run=run, detach=detach, poll_max_s=self.config.runs.tail_poll_max_s
+        )
 
     def attach(self, run: str) -> ExecutionHandle:
         """A handle for a run by id (or ``handle.to_json()``), in this process or another one
@@ -295,10 +319,14 @@ class ExecutionSession:
             run_id, mode = run, ExecutionMode.BACKGROUND
         local = self._runs.get(run_id)
         if local is not None:
-            return ExecutionHandle(run_id, local.mode, run=local, detach=True)
+            return self._handle(local, detach=True)
         record = self.store.get_run(run_id)
         return ExecutionHandle(
-            run_id, ExecutionMode(record.mode) if record.mode else mode, store=self.store, detach=True
+            run_id,
+            ExecutionMode(record.mode) if record.mode else mode,
+            store=self.store,
+            detach=True,
+            poll_max_s=self.config.runs.tail_poll_max_s,
         )
 
     def replay(self, run_id: str, *, mode: ExecutionMode | str = ExecutionMode.INTERACTIVE) -> ExecutionHandle:
@@ -318,9 +346,9 @@ class ExecutionSession:
         run = self._prepare(
             record.tasks, record.inputs, state, mode, None, provider_override=provider, replay_of=run_id
         )
-        run.start_record()
+        self._start_record(run)
         run.loop_future = _loop.submit(run.execute())
-        return ExecutionHandle(run.run_id, run.mode, run=run)
+        return self._handle(run)
 
     def flush_observers(self, timeout: float | None = None) -> bool:
         """Wait until every observer has been handed every event emitted so far.
@@ -342,8 +370,28 @@ class ExecutionSession:
         return [error for channel in self._channels for error in channel.errors]
 
     def runs(self, limit: int = 50) -> list[RunRecord]:
-        """Recent runs in the configured store, newest first."""
-        return self.store.list_runs(limit)
+        """Recent runs in the configured store, newest first, as a reader reports them (a run
+        whose owner's lease expired is LOST)."""
+        now = time.time()
+        return [record.observed(now) for record in self.store.list_runs(limit)]
+
+    def cancel_run(self, run_id: str, reason: str = "cancelled by the client") -> str:
+        """Cancel a run by id, wherever it executes; returns what happened, a
+        :class:`~amsha.CancelOutcome` value: ``requested`` (its owner stops it within
+        ``runs.cancel_poll_s``), ``cancelled`` (it had not started: it never will), ``ended``
+        (it had already ended: nothing changed) or ``lost``. :class:`RunNotFoundError` if the
+        store has no such run; a store without run control raises :class:`StateError`."""
+        local = self._runs.get(run_id)
+        if local is not None and local.remote is None:
+            return CancelOutcome.REQUESTED if local.cancel(reason) else CancelOutcome.ENDED
+        if local is not None and local.remote is not None:
+            return local.remote.cancel(reason)
+        return StoreRun(self.store, run_id).cancel(reason)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The record of ``run_id`` as a reader reports it (LOST applied);
+        :class:`RunNotFoundError` if the store has no such run."""
+        return self.store.get_run(run_id).observed()
 
     def events(self, run_id: str, from_seq: int = 0) -> list[Event]:
         """A run's recorded events."""
@@ -352,25 +400,43 @@ class ExecutionSession:
 
     # ---- lifecycle ----------------------------------------------------------------------
 
-    def close(self, *, drain_timeout_s: float | None = None) -> None:
-        """Cancel runs still going in this process, close backends and observers.
+    def close(
+        self, *, drain_timeout_s: float | None = None, wait: bool = False, timeout_s: float = 30.0
+    ) -> None:
+        """End the session: runs still executing in this process are cancelled (reason "the
+        session was closed"), or with ``wait=True`` waited for, at most ``timeout_s`` in all;
+        then observers catch up and the backends close. The store is closed only after every
+        run of this process has written its end, never under a running write. Runs handed to a
+        worker are not this process's: they go on (attach to them by id).
 
-        Observers are first given time to catch up: at most ``drain_timeout_s`` each (default:
-        each observer's configured ``drain_timeout_s``, 5 s unless set); what a slow observer
-        has not taken by then is dropped and reported.
+        Observers are given at most ``drain_timeout_s`` each to catch up (default: each
+        observer's configured ``drain_timeout_s``, 5 s unless set); what a slow observer has
+        not taken by then is dropped and reported.
         """
         if self._closed:
             return
         self._closed = True
-        for run in list(self._runs.values()):
-            if run.status not in RunStatus.TERMINAL and run.mode is ExecutionMode.INTERACTIVE:
+        deadline = time.monotonic() + timeout_s
+        live = [run for run in list(self._runs.values()) if run.remote is None and not run.done.done()]
+        for run in live:
+            if not wait:
                 run.cancel("the session was closed")
+        for run in live:
+            try:
+                run.done.result(max(0.0, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                log.warning("amsha: run %s did not end within %ss of close()", run.run_id, timeout_s)
+        stuck = [run.run_id for run in live if not run.done.done()]
+        for run in self._runs.values():
+            run.stop_feeding()
         for channel in self._channels:
             channel.close(drain_timeout_s)
+        if stuck:
+            log.warning("amsha: the state store is left open: runs %s are still writing", ", ".join(stuck))
         for obj in [
             self.orchestrator,
             *(llm.provider for llm in self._providers.values()),
-            self.store,
+            *([] if stuck else [self.store]),
         ]:
             close = getattr(obj, "close", None)
             if close is not None:
@@ -438,7 +504,13 @@ class _Run:
         self.future: concurrent.futures.Future[Any] | None = None
         """The client executor's future, for runs handed to an executor."""
         self.loop_future: concurrent.futures.Future[None] | None = None
-        self.remote = False
+        self.remote: StoreRun | None = None
+        """Set when the run was handed to a worker: it is then read through the store."""
+        self.lease: OwnerLease | None = None
+        """This process's lease on the run, when it executes it and the store has run control."""
+        self.lost: LeaseLostError | None = None
+        self._feeder: concurrent.futures.Future[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.collector = MetricsCollector(run_id)
         self.record = RunRecord(
@@ -452,6 +524,9 @@ class _Run:
         )
         self.log = RunEventLog(run_id, [self.collector])
         self._pending: list[dict[str, Any]] = []
+        self._flush_lock = threading.Lock()
+        self._flush_armed = False
+        self._flush_s = session.config.runs.event_flush_s
         self.links = _run_links(session.observers, run_id)
         """What observers captured in the caller's thread when the run was started (e.g. a
         W3C ``traceparent``), carried on the ``run.started`` event."""
@@ -459,27 +534,72 @@ class _Run:
         for channel in session._channels:
             self.log.add_sink(channel.submit)
         self.outputs: dict[str, Any] = {}
-        self.remote_result: dict[str, Any] | None = None
 
     # ---- sinks --------------------------------------------------------------------------
 
     def _persist(self, event: Event) -> None:
-        self._pending.append(event.to_dict())
-        if event.kind != "llm.token" or len(self._pending) >= TOKEN_FLUSH:
+        # Tokens are written in batches: at most TOKEN_FLUSH of them, and none waits longer
+        # than runs.event_flush_s (a reader in another process tails the store).
+        with self._flush_lock:
+            self._pending.append(event.to_dict())
+            due = event.kind != "llm.token" or len(self._pending) >= TOKEN_FLUSH or not self._flush_s
+            if not due and not self._flush_armed and self.loop is not None:
+                self._flush_armed = True
+                self.loop.call_soon_threadsafe(self.loop.call_later, self._flush_s, self._timed_flush)
+        if due:
             self.flush()
 
+    def _timed_flush(self) -> None:
+        self._flush_armed = False
+        self.flush()
+
     def flush(self) -> None:
-        if self._pending:
+        """Write the pending events to the store, in order (fenced by the lease, if held)."""
+        with self._flush_lock:
+            if not self._pending or self.lost is not None:
+                return
             batch, self._pending = self._pending, []
             try:
-                self.session.store.append_events(self.run_id, batch)
+                if self.lease is not None:
+                    self.session.store.append_events(self.run_id, batch, owner=self.lease.owner_id)
+                else:
+                    self.session.store.append_events(self.run_id, batch)
+            except LeaseLostError as exc:
+                self._lose(exc)
             except Exception:
                 log.exception("amsha: run %s: could not persist %d events", self.run_id, len(batch))
 
     # ---- lifecycle ----------------------------------------------------------------------
 
     def start_record(self) -> None:
-        self.session.store.put_run(self.record)
+        """Write the run's first record; with a run-control store, take the lease on it (a
+        run id that already ended, or that another live process owns, raises
+        :class:`LeaseLostError`)."""
+        store = self.session.store
+        if supports_run_control(store):
+            runs = self.session.config.runs
+            self.lease = OwnerLease(store, self.run_id, lease_s=runs.lease_s, cancel_poll_s=runs.cancel_poll_s)
+            control = self.lease.claim(self.record)
+            if control.cancel_reason is not None:
+                self.cancel(control.cancel_reason)
+        else:
+            store.put_run(self.record)
+
+    def _put_record(self) -> None:
+        if self.lease is not None:
+            self.session.store.put_run(self.record, owner=self.lease.owner_id)
+        else:
+            self.session.store.put_run(self.record)
+
+    def _lose(self, exc: LeaseLostError) -> None:
+        """The lease is gone (this process was declared LOST while it was away): stop at
+        once, and write nothing more."""
+        if self.lost is not None:
+            return
+        self.lost = exc
+        log.warning("amsha: run %s: %s; stopping without writing", self.run_id, exc)
+        if self.status not in RunStatus.TERMINAL:
+            self.cancel("the run's lease was lost")
 
     def _llm_factory(self, name: str | None) -> LLM:
         override = self.provider_override
@@ -493,9 +613,10 @@ class _Run:
         return self.session.llm(name)
 
     def _snapshot(self, reason: str) -> None:
-        if not self.state.dirty:
-            return  # nothing changed since the last snapshot
-        self.state.commit(self.session.store, run_id=self.run_id, reason=reason)
+        if not self.state.dirty or self.lost is not None:
+            return  # nothing changed since the last snapshot, or no longer ours to write
+        owner = self.lease.owner_id if self.lease is not None else None
+        self.state.commit(self.session.store, run_id=self.run_id, reason=reason, owner=owner)
         self.record.state_version = self.state.version
         self.log.emit(
             "state.snapshot",
@@ -538,7 +659,9 @@ class _Run:
                     **({"links": self.links} if self.links else {}),
                 },
             )
-            await asyncio.to_thread(self.session.store.put_run, self.record)
+            await asyncio.to_thread(self._put_record)
+            if self.lease is not None:
+                self._watch = asyncio.ensure_future(self.lease.watch(self.cancel, self._lose))
             if self.cancel_event.is_set():
                 raise RunCancelledError(self.run_id, self.cancel_reason or "cancelled")
             await self.session.orchestrator.aexecute(ctx)
@@ -547,13 +670,29 @@ class _Run:
             self._end(RunStatus.SUCCEEDED, "run.finished", {})
         except (asyncio.CancelledError, RunCancelledError) as exc:
             self.outputs = dict(ctx.outputs)
+            if self.lost is not None:
+                self._end_lost()
+                return
             reason = self.cancel_reason or (exc.reason if isinstance(exc, RunCancelledError) else "cancelled")
             self.error = {"type": "RunCancelledError", "message": reason}
-            partial = "".join(e.text for e in self.log.events if e.kind == "llm.token" and e.task not in ctx.outputs)
+            # The text of the tasks it was in goes into the outputs: the record keeps it.
+            partial: dict[str, str] = {}
+            for e in self.log.events:
+                if e.kind == "llm.token" and e.task not in ctx.outputs:
+                    key = e.task or ""
+                    partial[key] = partial.get(key, "") + e.text
+            self.outputs.update({k: v for k, v in partial.items() if k})
             self._safe_snapshot("run cancelled")
-            self._end(RunStatus.CANCELLED, "run.cancelled", {"reason": reason, "partial_text": partial})
+            self._end(
+                RunStatus.CANCELLED,
+                "run.cancelled",
+                {"reason": reason, "partial_text": "".join(partial.values()), "partial": partial},
+            )
         except BaseException as exc:  # the outcome is reported through the handle
             self.outputs = dict(ctx.outputs)
+            if self.lost is not None:
+                self._end_lost()
+                return
             self.exception = exc
             self.error = (
                 exc.to_dict() if isinstance(exc, AmshaError) else {"type": type(exc).__name__, "message": str(exc)}
@@ -570,7 +709,32 @@ class _Run:
         except Exception as exc:
             log.warning("amsha: run %s: final snapshot failed: %s", self.run_id, exc)
 
+    def _stop_watch(self) -> None:
+        if self.lease is not None:
+            self.lease.stop()
+        if self._watch is not None:
+            self._watch.cancel()
+
+    def _end_lost(self) -> None:
+        """End a run whose lease was lost: nothing is written (the store would refuse it and
+        readers already report it LOST)."""
+        self._stop_watch()
+        self.status = RunStatus.LOST
+        assert self.lease is not None
+        self.error = {
+            "type": "RunLostError",
+            "message": str(self.lost),
+            "owner": self.lease.owner.to_dict(),
+            "heartbeat_at": None,
+        }
+        with self._flush_lock:
+            self._pending = []
+        self.log.close()
+        if not self.done.done():
+            self.done.set_result(None)
+
     def _end(self, status: str, kind: str, data: dict[str, Any]) -> None:
+        self._stop_watch()
         self.status = status
         now = time.time()
         self.log.emit(
@@ -590,19 +754,23 @@ class _Run:
         self.record.outputs = self.outputs
         self.record.error = self.error
         self.record.metrics = self.collector.metrics.to_dict()
-        try:
-            self.session.store.put_run(self.record)
-        except Exception:
-            log.exception("amsha: run %s: could not write the final run record", self.run_id)
+        if self.lost is None:
+            try:
+                self._put_record()
+            except LeaseLostError as exc:
+                self.lost = exc
+                log.warning("amsha: run %s: %s; its end was not written", self.run_id, exc)
+            except Exception:
+                log.exception("amsha: run %s: could not write the final run record", self.run_id)
         self.log.close()
         if not self.done.done():
             self.done.set_result(None)
 
     def cancel(self, reason: str) -> bool:
+        """Cancel a run executing in this process (fast path: no store round trip)."""
+        if self.remote is not None:
+            return self.remote.cancel(reason) in (CancelOutcome.REQUESTED, CancelOutcome.CANCELLED)
         if self.status in RunStatus.TERMINAL or self.cancel_event.is_set():
-            return False
-        if self.remote and self.future is not None and not self.future.cancel():
-            log.warning("amsha: run %s is executing in another process and cannot be cancelled from here", self.run_id)
             return False
         self.cancel_reason = reason
         self.cancel_event.set()
@@ -623,10 +791,20 @@ class _Run:
     # ---- remote executors (process pools, Dask, Ray) ------------------------------------
 
     def start_remote(self, executor: concurrent.futures.Executor) -> None:
+        """Hand the run to ``executor`` (a process pool, Dask, Ray): the worker rebuilds the
+        session from config, claims the run in the shared store and executes it; this process
+        reads it through the store (:class:`StoreRun`)."""
         session = self.session
         if session._extra_plugins or session._tool_overrides:
             raise InputError(
                 "runs on a non-thread executor rebuild the session from config: pass plugins and tools through config"
+            )
+        store = session.store
+        if getattr(store, "process_local", False):
+            raise InputError(
+                f"a run on {type(executor).__name__} executes in another process, which cannot reach the "
+                f"{session.config.state.name!r} store of this one; configure a store both reach (state: file, "
+                f"sqlite or postgres)"
             )
         spec = {
             "config": session.config.model_dump(mode="json"),
@@ -635,87 +813,63 @@ class _Run:
             "inputs": self.inputs,
             "state": self.state.save(),
             "run_id": self.run_id,
+            "created_at": self.record.created_at,
         }
-        self.status = RunStatus.RUNNING
-        self.remote = True
-        future = executor.submit(run_spec, spec)
-        self.future = future
-        future.add_done_callback(self._remote_done)
-
-    def _remote_done(self, future: concurrent.futures.Future[Any]) -> None:
+        store.put_run(self.record)  # PENDING, no owner: queued until a worker claims it
         try:
-            data = future.result()
-            self.remote_result = data
-            self.status = data["status"]
-            self.outputs = data["outputs"]
-            self.error = data["error"]
-            for raw in data["events"]:
-                event = Event.from_dict(raw)
-                self.collector(event)
-                self.log.events.append(event)
-            if data.get("state"):
-                loaded = ExecutionState.load(data["state"])
-                self.state.update(loaded.to_dict())
-                self.state.version = loaded.version
-        except BaseException as exc:
-            self.status = RunStatus.FAILED
-            self.error = {"type": type(exc).__name__, "message": str(exc)}
-            self.exception = exc
-        # The worker wrote to its own store (the same one when the backend is shared, such as
-        # a file or a database); make this process's store agree without overwriting it.
-        store = self.session.store
-        try:
-            if not store.read_events(self.run_id):
-                store.append_events(self.run_id, [e.to_dict() for e in self.log.events])
-            try:
-                theirs: RunRecord | None = store.get_run(self.run_id)
-            except RunNotFoundError:
-                theirs = None
-            if theirs is not None and theirs.status == self.status:
-                self.record = theirs
-                self.log.close()
-                if not self.done.done():
-                    self.done.set_result(None)
-                return
-            self.record.state_version = self.state.version if self.state.version else None
-            self.record.status = self.status
-            self.record.outputs = self.outputs
-            self.record.error = self.error
-            self.record.finished_at = time.time()
-            self.record.metrics = self.collector.metrics.to_dict()
+            future = executor.submit(run_spec, spec)
+        except BaseException:
+            self.record.status = RunStatus.FAILED
+            self.record.error = {"type": "ExecutionError", "message": "the executor refused the run"}
             store.put_run(self.record)
-        except Exception:
-            log.exception("amsha: run %s: could not record the remote outcome", self.run_id)
-        self.log.close()
-        if not self.done.done():
-            self.done.set_result(None)
+            raise
+        self.future = future
+        self.remote = StoreRun(
+            store, self.run_id, poll_max_s=session.config.runs.tail_poll_max_s, future=future, state=self.state
+        )
+        if session._code_channels:
+            self._feeder = _loop.submit(self._feed(session._code_channels))
+
+    async def _feed(self, channels: Sequence[ObserverChannel]) -> None:
+        """Hand a worker run's events, tailed from the store, to the observers passed in code."""
+        assert self.remote is not None
+        try:
+            async for event in self.remote.aevents(0):
+                for channel in channels:
+                    channel.submit(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("amsha: run %s: tailing its events for observers failed: %s", self.run_id, exc)
+
+    def stop_feeding(self) -> None:
+        if self._feeder is not None and not self._feeder.done():
+            self._feeder.cancel()
 
 
 def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Execute a run described by a picklable spec (in a worker process); returns its record."""
+    """Execute a run described by a picklable spec, in a worker (a process pool, Dask, Ray, a
+    detached ``amsha run``): rebuild the session from the config, claim the run in the shared
+    store, execute it. Returns ``{"claimed": False, "reason"}`` when the run was not this
+    worker's to run (cancelled while queued, owned by another live worker, or LOST), else
+    ``{"claimed": True, "status"}``; the outcome itself is in the store."""
     config = AmshaConfig.model_validate(spec["config"])
-    cwd = Path.cwd()
-    os.chdir(spec["base_dir"])
-    try:
-        with ExecutionSession(config) as session:
-            state = ExecutionState.load(spec["state"])
-            handle = session.run(
-                spec["tasks"], inputs=spec["inputs"], state=state, run_id=spec["run_id"], mode=ExecutionMode.BACKGROUND
-            )
-            try:
-                handle.result()
-            except (AmshaError, RunCancelledError):
-                pass
-            run = session._runs[spec["run_id"]]
-            return {
-                "status": run.status,
-                "outputs": run.outputs,
-                "error": run.error,
-                "events": [e.to_dict() for e in run.log.events],
-                "state": run.state.save(),
-            }
-    finally:
-        os.chdir(cwd)
+    with ExecutionSession(config, base_dir=spec["base_dir"]) as session:
+        state = ExecutionState.load(spec["state"])
+        run = session._prepare(spec["tasks"], spec["inputs"], state, ExecutionMode.BACKGROUND, spec["run_id"])
+        run.record.created_at = float(spec.get("created_at") or run.record.created_at)
+        try:
+            session._start_record(run)
+        except LeaseLostError as exc:
+            return {"claimed": False, "reason": str(exc)}
+        _loop.run_sync(run.execute())
+        return {"claimed": True, "status": run.status}
+
+
+def _elsewhere(executor: concurrent.futures.Executor | None) -> bool:
+    """Whether a run given to ``executor`` executes in another process (anything but a thread
+    pool): it is then read through the store."""
+    return executor is not None and not isinstance(executor, concurrent.futures.ThreadPoolExecutor)
 
 
 def _run_links(observers: Sequence[Any], run_id: str) -> dict[str, str]:

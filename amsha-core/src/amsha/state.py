@@ -159,11 +159,15 @@ class ExecutionState:
             )
         return cls(doc["data"], state_id=doc.get("state_id"), version=int(doc.get("version", 0)))
 
-    def commit(self, store: StateStore, *, run_id: str | None = None, reason: str = "manual") -> int:
-        """Write this state to ``store`` as a new version (optimistic on :attr:`version`)."""
+    def commit(
+        self, store: StateStore, *, run_id: str | None = None, reason: str = "manual", owner: str | None = None
+    ) -> int:
+        """Write this state to ``store`` as a new version (optimistic on :attr:`version`).
+        ``owner``: the lease holder of ``run_id`` (a fenced write, see :class:`RunControlStore`)."""
         with self._lock:
+            extra = {"owner": owner} if owner is not None else {}
             new_version = store.put_state(
-                self.state_id, self.to_dict(), expected_version=self.version, run_id=run_id, reason=reason
+                self.state_id, self.to_dict(), expected_version=self.version, run_id=run_id, reason=reason, **extra
             )
             self.version = new_version
             self.dirty = False

@@ -9,6 +9,7 @@ the file exactly as it was. The layouts:
    version (``hash`` NULL: removed); ``state_versions``: a small row per version.
 3. ``state_versions``: one row per version, a snapshot or a delta (see
    :mod:`amsha_sqlite.store`).
+4. ``run_control``: leases and cancel requests (run control, plugin API 1.1).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 
-from amsha_sqlite.store import _INSERT_SQL, _SCHEMA_V3, _decode, _encode, _plan, _size, _statements, _Tip
+from amsha_sqlite.store import _INSERT_SQL, _RUN_CONTROL, _SCHEMA_V3, _decode, _encode, _plan, _size, _statements, _Tip
 
 __all__ = ["MIGRATIONS"]
 
@@ -171,5 +172,15 @@ def migrate_2_to_3(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE blobs")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: migrate_1_to_2, 2: migrate_2_to_3}
+def migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    """Add the ``run_control`` table; runs of schema 3 have no lease (they are never LOST)."""
+    for statement in _statements(_RUN_CONTROL):
+        conn.execute(statement)
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: migrate_1_to_2,
+    2: migrate_2_to_3,
+    3: migrate_3_to_4,
+}
 """from-version -> the step to the next version (run in the write transaction that opens the file)."""

@@ -1,6 +1,6 @@
 """The ``sqlite`` state store: states, run records and run events in one SQLite file.
 
-Layout (schema 3, see :data:`SCHEMA_VERSION`):
+Layout (schema 4, see :data:`SCHEMA_VERSION`):
 
 * ``state_versions``: one row per version of a state, appended, keyed by
   ``(state_id, version)``. A row is either a *snapshot* (``data`` is the whole state as one
@@ -15,6 +15,10 @@ Layout (schema 3, see :data:`SCHEMA_VERSION`):
   at most ``MAX_DEPTH + 1`` rows, and a version in which one key of a large state changed
   adds one small row.
 * ``runs(run_id, created_at, status, body)`` and ``events(run_id, seq, body)``.
+* ``run_control(run_id, owner_id, owner, heartbeat_at, lease_expires_at, cancel_request)``:
+  run control (plugin API 1.1): the owner's lease and a cancel request, written only by
+  ``claim_run``, ``renew_lease`` and ``request_cancel``; fenced writes (``owner=``) check it
+  inside their own ``BEGIN IMMEDIATE`` transaction.
 * ``amsha_schema(version)``: the layout's version; older files are migrated forward when
   opened (see :mod:`amsha_sqlite._migrate`), a newer file is refused with
   :class:`~amsha.errors.SchemaVersionError`.
@@ -52,17 +56,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from amsha.errors import RunNotFoundError, SchemaVersionError, StateError, StateNotFoundError, VersionConflictError
+from amsha.errors import (
+    LeaseLostError,
+    RunNotFoundError,
+    SchemaVersionError,
+    StateError,
+    StateNotFoundError,
+    VersionConflictError,
+)
 from amsha.plugins import BackendContext
+from amsha.runcontrol import ENDED, cancel_outcome, cancelled_before_start, check_claim, check_fence, record_body
 from amsha.secrets import redact_obj
-from amsha.state import RunRecord, StateSnapshot, check_json
+from amsha.state import CancelOutcome, RunControl, RunOwner, RunRecord, StateSnapshot, check_json
 
 __all__ = ["MAX_DEPTH", "SCHEMA_VERSION", "SqliteStore", "build"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout this release writes. 1: a whole JSON document per state version. 2: values
 content-addressed by SHA-256 and a row per changed key. 3: a snapshot or a delta row per
-version."""
+version. 4: ``run_control`` (leases and cancel requests)."""
 
 MAX_DEPTH = 100
 """At most this many deltas follow a snapshot."""
@@ -106,6 +118,23 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 """
+
+_RUN_CONTROL = """
+CREATE TABLE IF NOT EXISTS run_control (
+    run_id TEXT PRIMARY KEY,
+    owner_id TEXT,
+    owner BLOB,
+    heartbeat_at REAL,
+    lease_expires_at REAL,
+    cancel_request BLOB
+) WITHOUT ROWID;
+"""
+_SCHEMA_V4 = _SCHEMA_V3 + _RUN_CONTROL
+_RUN_SQL = (
+    "SELECT r.body, c.owner, c.heartbeat_at, c.lease_expires_at, c.cancel_request FROM runs r "
+    "LEFT JOIN run_control c ON c.run_id = r.run_id"
+)
+_CONTROL_SQL = "SELECT owner, heartbeat_at, lease_expires_at, cancel_request FROM run_control WHERE run_id = ?"
 
 _LATEST_SQL = (
     "SELECT version, created_at, run_id, reason, base, depth, chain FROM state_versions "
@@ -520,7 +549,7 @@ class SqliteStore:
         with self._write("create or migrate the schema") as wconn:
             found = self._file_version(wconn)  # another process may have done it meanwhile
             if found == 0:
-                for statement in _statements(_SCHEMA_V3):
+                for statement in _statements(_SCHEMA_V4):
                     wconn.execute(statement)
                 wconn.execute("CREATE TABLE amsha_schema (version INTEGER NOT NULL)")
                 wconn.execute("INSERT INTO amsha_schema (version) VALUES (?)", (SCHEMA_VERSION,))
@@ -541,7 +570,14 @@ class SqliteStore:
     # ---- states -----------------------------------------------------------------------------
 
     def put_state(
-        self, state_id: str, data: dict[str, Any], *, expected_version: int, run_id: str | None = None, reason: str = ""
+        self,
+        state_id: str,
+        data: dict[str, Any],
+        *,
+        expected_version: int,
+        run_id: str | None = None,
+        reason: str = "",
+        owner: str | None = None,
     ) -> int:
         """Store ``data`` as version ``expected_version + 1`` of ``state_id``, writing only
         the keys whose value changed since the latest version (or a snapshot, see the module
@@ -553,6 +589,8 @@ class SqliteStore:
         values = _encode_all(state_id, redact_obj(data))
         size = _size(values)
         with self._write(f"put_state({state_id!r})") as conn:
+            if owner is not None and run_id is not None:
+                self._fence(conn, run_id, owner)
             row = conn.execute(_LATEST_SQL, (state_id,)).fetchone()
             latest = row[0] if row else 0
             if latest != expected_version:
@@ -647,38 +685,152 @@ class SqliteStore:
 
     # ---- runs -------------------------------------------------------------------------------
 
-    def put_run(self, record: RunRecord) -> None:
-        """Create or replace the record of ``record.run_id``."""
-        body = _encode(redact_obj(record.to_dict()))
+    def put_run(self, record: RunRecord, *, owner: str | None = None) -> None:
+        """Create or replace the record of ``record.run_id`` (its run-control fields are kept
+        as stored); with ``owner``, only while that owner holds the run's lease."""
+        body = _encode(record_body(redact_obj(record.to_dict())))
         with self._write(f"put_run({record.run_id!r})") as conn:
-            conn.execute(
-                "INSERT INTO runs (run_id, created_at, status, body) VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO "
-                "UPDATE SET created_at = excluded.created_at, status = excluded.status, body = excluded.body",
-                (record.run_id, float(record.created_at), record.status, body),
-            )
+            if owner is not None:
+                self._fence(conn, record.run_id, owner)
+            self._upsert_run(conn, record.run_id, record.created_at, record.status, body)
+
+    @staticmethod
+    def _upsert_run(conn: sqlite3.Connection, run_id: str, created_at: float, status: str, body: bytes) -> None:
+        conn.execute(
+            "INSERT INTO runs (run_id, created_at, status, body) VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO "
+            "UPDATE SET created_at = excluded.created_at, status = excluded.status, body = excluded.body",
+            (run_id, float(created_at), status, body),
+        )
+
+    @staticmethod
+    def _record(row: Sequence[Any]) -> RunRecord:
+        record = RunRecord.from_dict(_decode(row[0]))
+        if row[3] is not None or row[4] is not None:
+            record.owner = _decode(row[1]) if row[1] is not None else None
+            record.heartbeat_at, record.lease_expires_at = row[2], row[3]
+            record.cancel_request = _decode(row[4]) if row[4] is not None else None
+        return record
 
     def get_run(self, run_id: str) -> RunRecord:
         """The record of ``run_id``; :class:`~amsha.errors.RunNotFoundError` if absent."""
         with self._read(f"get_run({run_id!r})") as conn:
-            row = conn.execute("SELECT body FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = conn.execute(_RUN_SQL + " WHERE r.run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise RunNotFoundError(f"no run {run_id!r} in {self.path}")
-        return RunRecord.from_dict(_decode(row[0]))
+        return self._record(row)
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         """The most recent runs, newest first."""
         with self._read("list_runs") as conn:
             rows = conn.execute(
-                "SELECT body FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?", (int(limit),)
+                _RUN_SQL + " ORDER BY r.created_at DESC, r.rowid DESC LIMIT ?", (int(limit),)
             ).fetchall()
-        return [RunRecord.from_dict(_decode(body)) for (body,) in rows]
+        return [self._record(row) for row in rows]
+
+    # ---- run control ------------------------------------------------------------------------
+
+    def _control(self, conn: sqlite3.Connection, run_id: str, status: str) -> RunControl | None:
+        row = conn.execute(_CONTROL_SQL, (run_id,)).fetchone()
+        if row is None:
+            return None
+        return RunControl(
+            run_id,
+            status,
+            _decode(row[0]) if row[0] is not None else None,
+            row[1],
+            row[2],
+            _decode(row[3]) if row[3] is not None else None,
+        )
+
+    def _fence(self, conn: sqlite3.Connection, run_id: str, owner_id: str) -> None:
+        check_fence(run_id, self._control(conn, run_id, ""), owner_id, time.time())
+
+    @staticmethod
+    def _status(conn: sqlite3.Connection, run_id: str) -> str | None:
+        row = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _existing(self, conn: sqlite3.Connection, run_id: str) -> str:
+        status = self._status(conn, run_id)
+        if status is None:
+            raise RunNotFoundError(f"no run {run_id!r} in {self.path}")
+        return status
+
+    def claim_run(self, record: RunRecord, owner: RunOwner, lease_s: float) -> RunControl:
+        """Write ``record`` and give ``owner`` the lease (see :class:`~amsha.RunControlStore`)."""
+        body = _encode(record_body(redact_obj(record.to_dict())))
+        owner_blob = _encode(owner.to_dict())
+        with self._write(f"claim_run({record.run_id!r})") as conn:
+            now = time.time()
+            status = self._status(conn, record.run_id)
+            control = self._control(conn, record.run_id, status or record.status)
+            check_claim(record.run_id, status, control, owner.id, now)
+            self._upsert_run(conn, record.run_id, record.created_at, record.status, body)
+            conn.execute(
+                "INSERT INTO run_control (run_id, owner_id, owner, heartbeat_at, lease_expires_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET owner_id = excluded.owner_id, "
+                "owner = excluded.owner, heartbeat_at = excluded.heartbeat_at, "
+                "lease_expires_at = excluded.lease_expires_at",
+                (record.run_id, owner.id, owner_blob, now, now + lease_s),
+            )
+        return RunControl(
+            record.run_id,
+            record.status,
+            owner.to_dict(),
+            now,
+            now + lease_s,
+            control.cancel_request if control else None,
+        )
+
+    def renew_lease(self, run_id: str, owner_id: str, lease_s: float) -> RunControl:
+        """Extend ``owner_id``'s lease; returns the control fields (with any cancel request)."""
+        with self._write(f"renew_lease({run_id!r})") as conn:
+            status = self._existing(conn, run_id)
+            now = time.time()
+            control = self._control(conn, run_id, status)
+            check_fence(run_id, control, owner_id, now)
+            assert control is not None
+            if status in ENDED:
+                raise LeaseLostError(run_id, f"the run already ended ({status})")
+            conn.execute(
+                "UPDATE run_control SET heartbeat_at = ?, lease_expires_at = ? WHERE run_id = ?",
+                (now, now + lease_s, run_id),
+            )
+        control.heartbeat_at, control.lease_expires_at = now, now + lease_s
+        return control
+
+    def read_control(self, run_id: str) -> RunControl:
+        """The run's status and control fields, in one short read."""
+        with self._read(f"read_control({run_id!r})") as conn:
+            status = self._existing(conn, run_id)
+            return self._control(conn, run_id, status) or RunControl(run_id, status)
+
+    def request_cancel(self, run_id: str, reason: str) -> str:
+        """Ask the run to stop (see :class:`~amsha.RunControlStore`); a :class:`~amsha.CancelOutcome` value."""
+        with self._write(f"request_cancel({run_id!r})") as conn:
+            status = self._existing(conn, run_id)
+            now = time.time()
+            control = self._control(conn, run_id, status)
+            outcome = cancel_outcome(status, control, now)
+            if outcome == CancelOutcome.CANCELLED:
+                row = conn.execute("SELECT body FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                record = cancelled_before_start(RunRecord.from_dict(_decode(row[0])), reason, now)
+                self._upsert_run(conn, run_id, record.created_at, record.status, _encode(record.to_dict()))
+            elif outcome == CancelOutcome.REQUESTED and (control is None or control.cancel_request is None):
+                request = _encode(redact_obj({"reason": reason, "at": now}))
+                conn.execute(
+                    "INSERT INTO run_control (run_id, cancel_request) VALUES (?, ?) ON CONFLICT (run_id) "
+                    "DO UPDATE SET cancel_request = excluded.cancel_request",
+                    (run_id, request),
+                )
+        return outcome
 
     # ---- events -----------------------------------------------------------------------------
 
-    def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+    def append_events(self, run_id: str, events: Sequence[dict[str, Any]], *, owner: str | None = None) -> None:
         """Append events to a run's log in one transaction. Events are never overwritten: a
         ``seq`` already stored for the run raises :class:`~amsha.errors.StateError` and nothing
-        of the batch is written."""
+        of the batch is written. With ``owner``, only while that owner holds the run's lease."""
         if not events:
             return
         rows = []
@@ -689,6 +841,8 @@ class SqliteStore:
             rows.append((run_id, seq, _encode(redact_obj(event))))
         try:
             with self._write(f"append_events({run_id!r})") as conn:
+                if owner is not None:
+                    self._fence(conn, run_id, owner)
                 conn.executemany("INSERT INTO events (run_id, seq, body) VALUES (?, ?, ?)", rows)
         except StateError as exc:
             if "UNIQUE constraint failed" in str(exc):
@@ -716,6 +870,7 @@ class SqliteStore:
         shrink until :meth:`vacuum`."""
         with self._write(f"delete_run({run_id!r})") as conn:
             conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM run_control WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
             doomed = conn.execute(
                 "SELECT state_id, version FROM state_versions WHERE run_id = ? ORDER BY state_id, version", (run_id,)

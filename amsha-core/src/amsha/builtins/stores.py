@@ -4,45 +4,78 @@
 records and run events under a directory, so the CLI's ``runs`` commands, replay and
 ``attach`` work across processes with the core alone: each state version is its own file,
 created exclusively (``O_EXCL``), which makes optimistic concurrency hold across processes;
-run records are replaced atomically; events are appended as JSON lines. For heavier use,
-install ``amsha-state-sqlite``.
+run records are replaced atomically; events are appended as JSON lines. Run control (a
+run's lease and cancel request) is a small JSON file per run (``runs/ID.ctl``), changed only
+under an exclusive ``flock`` of ``runs/ID.lock``, which fenced writes of the run's owner take
+too. For heavier use, install ``amsha-state-sqlite``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
+import fcntl
 import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import RunNotFoundError, StateError, StateNotFoundError, VersionConflictError
+from ..errors import LeaseLostError, RunNotFoundError, StateError, StateNotFoundError, VersionConflictError
 from ..plugins import BackendContext
+from ..runcontrol import (
+    ENDED,
+    cancel_outcome,
+    cancelled_before_start,
+    check_claim,
+    check_fence,
+    record_body,
+    with_control,
+)
 from ..secrets import redact_obj
-from ..state import RunRecord, StateSnapshot
+from ..state import CancelOutcome, RunControl, RunOwner, RunRecord, StateSnapshot
 
 __all__ = ["FileStore", "FileStoreOptions", "MemoryStore"]
 
 
 class MemoryStore:
-    """Everything in memory, guarded by one lock. Values are deep-copied in and out."""
+    """Everything in memory, guarded by one lock. Values are deep-copied in and out. Keeps
+    run control (leases, cancel requests, fenced writes) for the runs of this process."""
+
+    in_process = True
+    """Its calls never block on I/O: callers on an event loop may call it directly."""
+    process_local = True
+    """Another process cannot reach it: runs handed to a process pool or cluster need another store."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._states: dict[str, list[StateSnapshot]] = {}
         self._runs: dict[str, RunRecord] = {}
         self._events: dict[str, list[dict[str, Any]]] = {}
+        self._control: dict[str, RunControl] = {}
+
+    def _fence(self, run_id: str | None, owner: str | None) -> None:
+        if owner is not None and run_id is not None:
+            check_fence(run_id, self._control.get(run_id), owner, time.time())
 
     def put_state(
-        self, state_id: str, data: dict[str, Any], *, expected_version: int, run_id: str | None = None, reason: str = ""
+        self,
+        state_id: str,
+        data: dict[str, Any],
+        *,
+        expected_version: int,
+        run_id: str | None = None,
+        reason: str = "",
+        owner: str | None = None,
     ) -> int:
         data = copy.deepcopy(redact_obj(data))
         with self._lock:
+            self._fence(run_id, owner)
             versions = self._states.setdefault(state_id, [])
             latest = versions[-1].version if versions else 0
             if expected_version != latest:
@@ -73,33 +106,97 @@ class MemoryStore:
                 for s in self._states.get(state_id, [])
             ]
 
-    def put_run(self, record: RunRecord) -> None:
+    def put_run(self, record: RunRecord, *, owner: str | None = None) -> None:
         with self._lock:
-            self._runs[record.run_id] = RunRecord.from_dict(copy.deepcopy(redact_obj(record.to_dict())))
+            self._fence(record.run_id, owner)
+            self._runs[record.run_id] = _body(record)
+
+    def _out(self, record: RunRecord) -> RunRecord:
+        out = RunRecord.from_dict(copy.deepcopy(record.to_dict()))
+        return with_control(out, self._control.get(record.run_id))
 
     def get_run(self, run_id: str) -> RunRecord:
         with self._lock:
             record = self._runs.get(run_id)
             if record is None:
                 raise RunNotFoundError(f"no run {run_id!r} in the memory store")
-            return RunRecord.from_dict(copy.deepcopy(record.to_dict()))
+            return self._out(record)
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         with self._lock:
             records = sorted(self._runs.values(), key=lambda r: r.created_at, reverse=True)[:limit]
-            return [RunRecord.from_dict(copy.deepcopy(r.to_dict())) for r in records]
+            return [self._out(r) for r in records]
 
-    def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+    def claim_run(self, record: RunRecord, owner: RunOwner, lease_s: float) -> RunControl:
         with self._lock:
-            self._events.setdefault(run_id, []).extend(events)
+            now = time.time()
+            stored = self._runs.get(record.run_id)
+            control = self._control.get(record.run_id)
+            check_claim(record.run_id, stored.status if stored else None, control, owner.id, now)
+            self._runs[record.run_id] = _body(record)
+            control = RunControl(
+                record.run_id,
+                record.status,
+                owner.to_dict(),
+                now,
+                now + lease_s,
+                control.cancel_request if control else None,
+            )
+            self._control[record.run_id] = control
+            return copy.deepcopy(control)
+
+    def renew_lease(self, run_id: str, owner_id: str, lease_s: float) -> RunControl:
+        with self._lock:
+            stored = self._runs.get(run_id)
+            if stored is None:
+                raise RunNotFoundError(f"no run {run_id!r} in the memory store")
+            now = time.time()
+            control = self._control.get(run_id)
+            check_fence(run_id, control, owner_id, now)
+            assert control is not None
+            if stored.status in ENDED:
+                raise LeaseLostError(run_id, f"the run already ended ({stored.status})")
+            control.heartbeat_at, control.lease_expires_at, control.status = now, now + lease_s, stored.status
+            return copy.deepcopy(control)
+
+    def read_control(self, run_id: str) -> RunControl:
+        with self._lock:
+            stored = self._runs.get(run_id)
+            if stored is None:
+                raise RunNotFoundError(f"no run {run_id!r} in the memory store")
+            control = copy.deepcopy(self._control.get(run_id)) or RunControl(run_id, stored.status)
+            control.status = stored.status
+            return control
+
+    def request_cancel(self, run_id: str, reason: str) -> str:
+        with self._lock:
+            stored = self._runs.get(run_id)
+            if stored is None:
+                raise RunNotFoundError(f"no run {run_id!r} in the memory store")
+            now = time.time()
+            control = self._control.get(run_id)
+            outcome = cancel_outcome(stored.status, control, now)
+            if outcome == CancelOutcome.CANCELLED:
+                cancelled_before_start(stored, reason, now)
+            elif outcome == CancelOutcome.REQUESTED:
+                control = self._control.setdefault(run_id, RunControl(run_id, stored.status))
+                if control.cancel_request is None:
+                    control.cancel_request = {"reason": reason, "at": now}
+            return outcome
+
+    def append_events(self, run_id: str, events: Sequence[dict[str, Any]], *, owner: str | None = None) -> None:
+        with self._lock:
+            self._fence(run_id, owner)
+            self._events.setdefault(run_id, []).extend(copy.deepcopy(list(events)))
 
     def read_events(self, run_id: str, from_seq: int = 0) -> list[dict[str, Any]]:
         with self._lock:
-            return [e for e in self._events.get(run_id, []) if e["seq"] >= from_seq]
+            return [copy.deepcopy(e) for e in self._events.get(run_id, []) if e["seq"] >= from_seq]
 
     def delete_run(self, run_id: str) -> None:
         with self._lock:
             self._runs.pop(run_id, None)
+            self._control.pop(run_id, None)
             self._events.pop(run_id, None)
             for state_id, versions in list(self._states.items()):
                 kept = [v for v in versions if v.run_id != run_id]
@@ -144,8 +241,125 @@ class FileStore:
             return []
         return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())
 
+    # ---- run control: a control file per run, changed under an exclusive lock file ---------
+
+    @contextlib.contextmanager
+    def _run_lock(self, run_id: str) -> Iterator[None]:
+        """An exclusive lock on one run's record, control and events, across processes."""
+        path = self.root / "runs" / f"{self._safe(run_id)}.lock"
+        # flock excludes other open files of the same path, in this process and others.
+        with open(path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _read_control(self, run_id: str) -> RunControl | None:
+        try:
+            doc = json.loads((self.root / "runs" / f"{run_id}.ctl").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return RunControl(**doc)
+
+    def _write_control(self, control: RunControl) -> None:
+        path = self.root / "runs" / f"{control.run_id}.ctl"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(control)), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _fence(self, run_id: str | None, owner: str | None) -> contextlib.AbstractContextManager[None]:
+        if owner is None or run_id is None:
+            return contextlib.nullcontext()
+        lock = self._run_lock(run_id)
+
+        @contextlib.contextmanager
+        def fenced() -> Iterator[None]:
+            with lock:
+                check_fence(run_id, self._read_control(run_id), owner, time.time())
+                yield
+
+        return fenced()
+
+    def _stored(self, run_id: str) -> RunRecord:
+        path = self.root / "runs" / f"{self._safe(run_id)}.json"
+        try:
+            return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise RunNotFoundError(f"no run {run_id!r} in {self.root}") from None
+
+    def claim_run(self, record: RunRecord, owner: RunOwner, lease_s: float) -> RunControl:
+        with self._run_lock(record.run_id):
+            now = time.time()
+            try:
+                status: str | None = self._stored(record.run_id).status
+            except RunNotFoundError:
+                status = None
+            control = self._read_control(record.run_id)
+            check_claim(record.run_id, status, control, owner.id, now)
+            self._put_body(record)
+            control = RunControl(
+                record.run_id,
+                record.status,
+                owner.to_dict(),
+                now,
+                now + lease_s,
+                control.cancel_request if control else None,
+            )
+            self._write_control(control)
+            return control
+
+    def renew_lease(self, run_id: str, owner_id: str, lease_s: float) -> RunControl:
+        with self._run_lock(run_id):
+            stored = self._stored(run_id)
+            now = time.time()
+            control = self._read_control(run_id)
+            check_fence(run_id, control, owner_id, now)
+            assert control is not None
+            if stored.status in ENDED:
+                raise LeaseLostError(run_id, f"the run already ended ({stored.status})")
+            control.heartbeat_at, control.lease_expires_at, control.status = now, now + lease_s, stored.status
+            self._write_control(control)
+            return control
+
+    def read_control(self, run_id: str) -> RunControl:
+        stored = self._stored(run_id)
+        control = self._read_control(run_id) or RunControl(run_id, stored.status)
+        control.status = stored.status
+        return control
+
+    def request_cancel(self, run_id: str, reason: str) -> str:
+        with self._run_lock(run_id):
+            stored = self._stored(run_id)
+            now = time.time()
+            control = self._read_control(run_id)
+            outcome = cancel_outcome(stored.status, control, now)
+            if outcome == CancelOutcome.CANCELLED:
+                self._put_body(cancelled_before_start(stored, reason, now))
+            elif outcome == CancelOutcome.REQUESTED:
+                control = control or RunControl(run_id, stored.status)
+                if control.cancel_request is None:
+                    control.cancel_request = {"reason": reason, "at": now}
+                    self._write_control(control)
+            return outcome
+
+    # ---- states --------------------------------------------------------------------------
+
     def put_state(
-        self, state_id: str, data: dict[str, Any], *, expected_version: int, run_id: str | None = None, reason: str = ""
+        self,
+        state_id: str,
+        data: dict[str, Any],
+        *,
+        expected_version: int,
+        run_id: str | None = None,
+        reason: str = "",
+        owner: str | None = None,
+    ) -> int:
+        with self._fence(run_id, owner):
+            return self._put_state(state_id, data, expected_version, run_id, reason)
+
+    def _put_state(
+        self, state_id: str, data: dict[str, Any], expected_version: int, run_id: str | None, reason: str
     ) -> int:
         folder = self.root / "states" / self._safe(state_id)
         folder.mkdir(parents=True, exist_ok=True)
@@ -202,36 +416,40 @@ class FileStore:
             out.append(snap)
         return out
 
-    def put_run(self, record: RunRecord) -> None:
+    # ---- runs ----------------------------------------------------------------------------
+
+    def _put_body(self, record: RunRecord) -> None:
         path = self.root / "runs" / f"{self._safe(record.run_id)}.json"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(redact_obj(record.to_dict()), ensure_ascii=False), encoding="utf-8")
+        tmp.write_text(json.dumps(redact_obj(_body(record).to_dict()), ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, path)
 
+    def put_run(self, record: RunRecord, *, owner: str | None = None) -> None:
+        with self._fence(record.run_id, owner):
+            self._put_body(record)
+
     def get_run(self, run_id: str) -> RunRecord:
-        path = self.root / "runs" / f"{self._safe(run_id)}.json"
-        try:
-            return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise RunNotFoundError(f"no run {run_id!r} in {self.root}") from None
+        return with_control(self._stored(run_id), self._read_control(run_id))
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         records = []
         for path in (self.root / "runs").glob("*.json"):
             try:
-                records.append(RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+                record = RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
             except (OSError, ValueError):
                 continue
+            records.append(record)
         records.sort(key=lambda r: r.created_at, reverse=True)
-        return records[:limit]
+        return [with_control(r, self._read_control(r.run_id)) for r in records[:limit]]
 
-    def append_events(self, run_id: str, events: Sequence[dict[str, Any]]) -> None:
+    def append_events(self, run_id: str, events: Sequence[dict[str, Any]], *, owner: str | None = None) -> None:
         if not events:
             return
         blob = "".join(json.dumps(redact_obj(e), ensure_ascii=False) + "\n" for e in events)
-        with self._lock, open(self.root / "events" / f"{self._safe(run_id)}.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(blob)
-            fh.flush()
+        with self._fence(run_id, owner):
+            with self._lock, open(self.root / "events" / f"{self._safe(run_id)}.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(blob)
+                fh.flush()
 
     def read_events(self, run_id: str, from_seq: int = 0) -> list[dict[str, Any]]:
         path = self.root / "events" / f"{self._safe(run_id)}.jsonl"
@@ -253,6 +471,8 @@ class FileStore:
 
     def delete_run(self, run_id: str) -> None:
         (self.root / "runs" / f"{self._safe(run_id)}.json").unlink(missing_ok=True)
+        (self.root / "runs" / f"{run_id}.ctl").unlink(missing_ok=True)
+        (self.root / "runs" / f"{run_id}.lock").unlink(missing_ok=True)
         (self.root / "events" / f"{self._safe(run_id)}.jsonl").unlink(missing_ok=True)
         for path in (self.root / "states").glob("*/*.json"):
             try:
@@ -263,6 +483,10 @@ class FileStore:
 
     def close(self) -> None:
         pass
+
+
+def _body(record: RunRecord) -> RunRecord:
+    return RunRecord.from_dict(copy.deepcopy(record_body(redact_obj(record.to_dict()))))
 
 
 def build_memory(ctx: BackendContext) -> MemoryStore:

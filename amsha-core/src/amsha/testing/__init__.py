@@ -12,5 +12,6 @@ amsha-core also registers a pytest plugin (entry point ``pytest11``) with the
 from __future__ import annotations
 
 from .contracts import ObserverContract, OrchestratorContract, ProviderContract, StateStoreContract
+from .runcontrol import RunControlContract
 
-__all__ = ["ObserverContract", "OrchestratorContract", "ProviderContract", "StateStoreContract"]
+__all__ = ["ObserverContract", "OrchestratorContract", "ProviderContract", "RunControlContract", "StateStoreContract"]

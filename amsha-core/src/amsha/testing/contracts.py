@@ -40,6 +40,7 @@ from ..llm import LLM
 from ..provider import LLMChunk, LLMRequest, LLMResponse, Message, ProviderCapabilities, ToolSpec
 from ..session import ExecutionSession
 from ..state import RunRecord, RunStatus
+from .runcontrol import RunControlContract
 
 __all__ = ["ObserverContract", "OrchestratorContract", "ProviderContract", "StateStoreContract"]
 
@@ -207,8 +208,10 @@ class ProviderContract:
         _fail(f"the provider built for a {kind} failure did not fail")
 
 
-class StateStoreContract:
-    """What every :class:`~amsha.StateStore` must do. Fixture to supply: ``store``."""
+class StateStoreContract(RunControlContract):
+    """What every :class:`~amsha.StateStore` must do. Fixture to supply: ``store`` (a fresh,
+    empty store per test). The run-control checks (:class:`RunControlContract`) are skipped,
+    with the reason, for a store built for plugin API 1.0."""
 
     def test_versions_are_sequential_and_optimistic(self, store: Any) -> None:
         if store.put_state("s", {"a": 1}, expected_version=0) != 1:
