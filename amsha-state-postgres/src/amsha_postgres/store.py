@@ -249,6 +249,7 @@ class PostgresStore:
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._local = threading.local()
         self._listeners: list[psycopg.Connection[Any]] = []
+        self._suspect = False  # a connection failed since the last call that went through
         self._notify_ok: bool | None = None if self.notifications == "auto" else self.notifications == "on"
         # state_id -> the latest version this instance wrote or read of it, used only while
         # the database's row for that version is the same row (same write_id).
@@ -343,8 +344,12 @@ class PostgresStore:
 
         def attempt(deadline: float) -> T:
             timeout = max(0.05, min(self.connect_timeout_s, deadline - time.monotonic()))
+            if self._suspect:
+                self._renew_failing_pool()
             with self._get_pool().connection(timeout=timeout) as conn:
-                return fn(conn)
+                result = fn(conn)
+            self._suspect = False
+            return result
 
         return self._retry(op, attempt)
 
@@ -384,25 +389,37 @@ class PostgresStore:
 
     def _drop_stale(self, exc: BaseException) -> None:
         """After a lost connection: test the idle connections, so retries do not take the
-        other broken ones one by one (after a server restart all of them are). After the pool
-        timed out (it found no server to connect to), start a new pool: the old one's
-        reconnection backs off for seconds, the new one tries at once."""
-        pool = self._pool
-        if pool is None:
-            return
+        other broken ones one by one (after a server restart all of them are); after the pool
+        timed out (it found no server to connect to), start a new pool."""
+        self._suspect = True
         if isinstance(exc, psycopg_pool.PoolTimeout):
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = None
+            self._replace_pool()
+            return
+        pool = self._pool
+        try:
+            if pool is not None:
+                pool.check()
+        except Exception:
+            pass
+
+    def _renew_failing_pool(self) -> None:
+        """Since the last failure: a pool whose own connection attempts failed and that has
+        none to give is replaced. Its reconnection backs off for seconds; a new pool tries at
+        once, so a server that came back is used at once."""
+        pool = self._pool
+        if pool is not None:
+            stats = pool.get_stats()
+            if stats.get("connections_errors", 0) and not stats.get("pool_available", 0):
+                self._replace_pool()
+
+    def _replace_pool(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
             try:
                 pool.close(timeout=0)
             except Exception:
                 pass
-            return
-        try:
-            pool.check()
-        except Exception:
-            pass
 
     def _error(self, op: str, exc: BaseException, attempts: int = 1, why: str | None = None) -> StateError:
         text = str(exc).strip()
