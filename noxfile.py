@@ -23,6 +23,7 @@ PLUGINS = [
     "amsha-orchestrator-crewai",
     "amsha-orchestrator-langgraph",
     "amsha-state-sqlite",
+    "amsha-state-postgres",
     "amsha-observer-opentelemetry",
 ]
 # Frameworks phone home unless told not to; tests and demos run offline.
@@ -65,6 +66,7 @@ def plugin(session: nox.Session, dist: str) -> None:
         "amsha-orchestrator-crewai": "amsha_crewai",
         "amsha-orchestrator-langgraph": "amsha_langgraph",
         "amsha-state-sqlite": "amsha_sqlite",
+        "amsha-state-postgres": "amsha_postgres",
         "amsha-observer-opentelemetry": "amsha_otel",
     }[dist]
     session.run("python", "-c", f"import {module}.plugin")
