@@ -200,7 +200,7 @@ def plan(version: int, prev: Tip | None, values: Mapping[str, bytes], total: int
 def apply(state: dict[str, Any] | None, removed: bytes | None, ord_: bytes | None, data: bytes) -> dict[str, Any]:
     """The state after one stored row (``state`` is the version before; ignored for a snapshot,
     whose caller passes None). Mutates and returns ``state``."""
-    values = decode(data)
+    values: dict[str, Any] = decode(data)
     if state is None:
         return values
     if removed is not None:

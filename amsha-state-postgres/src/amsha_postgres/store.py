@@ -565,7 +565,7 @@ class PostgresStore:
                 return write(conn)
             except pgerrors.UniqueViolation:
                 # Only a writer that skipped the lock (an older release) could get here.
-                top = conn.execute(q.max_version, (state_id,)).fetchone()[0] or 0
+                top = _scalar(conn.execute(q.max_version, (state_id,))) or 0
                 raise VersionConflictError(state_id, expected_version, top) from None
 
         version, tip = self._call(f"put_state({state_id!r})", write_or_conflict)
@@ -616,7 +616,7 @@ class PostgresStore:
             else:
                 rows = conn.execute(q.version_chain, (state_id, version, state_id), binary=True).fetchall()
             if not rows:
-                top = conn.execute(q.max_version, (state_id,)).fetchone()[0]
+                top = _scalar(conn.execute(q.max_version, (state_id,)))
                 if top is None:
                     raise StateNotFoundError(f"no state {state_id!r} in {self!r}")
                 raise StateNotFoundError(f"state {state_id!r} has no version {version} (latest is {top})")
@@ -803,7 +803,7 @@ class PostgresStore:
                     conn.execute(q.insert_events, (run_id, write_id, seqs, bodies), binary=True)
                     conn.execute(q.notify, (self.channel, run_id))
             except pgerrors.UniqueViolation:
-                mine = conn.execute(q.events_written, (run_id, seqs, write_id)).fetchone()[0]
+                mine = _scalar(conn.execute(q.events_written, (run_id, seqs, write_id)))
                 if mine == len(seqs):
                     return  # an earlier attempt of this call committed
                 raise StateError(
@@ -951,7 +951,7 @@ class PostgresStore:
         chain (its base snapshot up to it) held one of them, on the kept versions before it."""
         q = self._q
         first = min(doomed)
-        start = conn.execute(q.base_of, (state_id, first)).fetchone()[0]
+        start = _scalar(conn.execute(q.base_of, (state_id, first)))
         chains = conn.execute(q.chain_meta, (state_id, start)).fetchall()
         affected = {v for v, base, *_ in chains if v not in doomed and any(base <= d < v for d in doomed)}
         rewritten: list[tuple[Any, ...]] = []
@@ -992,7 +992,7 @@ class PostgresStore:
 
     def size_bytes(self) -> int:
         """The bytes the store's tables take on the server, with their indexes and TOAST."""
-        return int(self._call("size_bytes", lambda conn: conn.execute(self._q.size, (self.schema,)).fetchone()[0]))
+        return int(self._call("size_bytes", lambda conn: _scalar(conn.execute(self._q.size, (self.schema,)))))
 
 
 # libpq's connection failures carry no SQLSTATE: the ones a retry cannot fix, by their text.
@@ -1012,6 +1012,14 @@ def _sqlstate(exc: BaseException) -> str | None:
             if needle in text and ("does not exist" in text or code.startswith("28P") or "pg_hba" in text):
                 return code
     return state
+
+
+def _scalar(cursor: psycopg.Cursor[Any]) -> Any:
+    """The first column of the one row an aggregate or key lookup returns."""
+    row = cursor.fetchone()
+    if row is None:  # pragma: no cover - aggregates always return a row
+        raise StateError("postgres store: a query returned no row")
+    return row[0]
 
 
 def _b(value: Any) -> bytes | None:
