@@ -61,7 +61,10 @@ class Proxy:
     the next COMMIT a client sends is forwarded (or not) and then both sides of that
     connection are closed, before the server's answer reaches the client.
     ``drop_notifications``: NotificationResponse messages are not passed to clients (as
-    a pooler in transaction mode loses them). Use with ``sslmode=disable``."""
+    a pooler in transaction mode loses them). Use with ``sslmode=disable``.
+
+    Cut "before" drops the chunk that carries the COMMIT: in pipeline mode that is the whole
+    transaction; either way nothing of it commits."""
 
     def __init__(self, port: int) -> None:
         self.target = port
@@ -95,7 +98,9 @@ class Proxy:
                     if not data:
                         return
                     if sock is client:
-                        if self.cut is not None and b"Q\x00\x00\x00\x0bCOMMIT\x00" in data:
+                        # COMMIT as a simple query, or as the Parse message of a pipeline
+                        # (sent in one chunk with the transaction's other statements).
+                        if self.cut is not None and b"COMMIT\x00" in data:
                             mode, self.cut = self.cut, None
                             if mode == "after":
                                 server.sendall(data)

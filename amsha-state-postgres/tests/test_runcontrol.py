@@ -206,6 +206,7 @@ def test_auto_falls_back_to_polling_when_a_pooler_drops_notifications(
     writer = make_store()
     assert store.wait_for_events("r", 0, 0.1) == []
     assert store._notify_ok is False and proxy.dropped >= 1
+    assert store._listeners == []  # the listener that got nothing is closed
     assert "polls" in caplog.text and pg_server.password not in caplog.text
     timer_started = time.monotonic()
     import threading
@@ -213,3 +214,23 @@ def test_auto_falls_back_to_polling_when_a_pooler_drops_notifications(
     threading.Timer(0.3, lambda: writer.append_events("r", [{"seq": 0, "kind": "k"}])).start()
     assert [e["seq"] for e in store.wait_for_events("r", 0, 5.0)] == [0]
     assert time.monotonic() - timer_started < 1.0
+
+
+def test_listening_connections_of_ended_threads_are_closed(
+    pg_server: PostgresServer, make_store: Callable[..., PostgresStore]
+) -> None:
+    import threading
+    import uuid
+
+    name = f"amsha-{uuid.uuid4().hex[:8]}"
+    store = make_store(application_name=name, pool_min_size=1, pool_max_size=1)
+    for _ in range(5):
+        thread = threading.Thread(target=store.wait_for_events, args=("r", 0, 0.01))
+        thread.start()
+        thread.join()
+    assert store.wait_for_events("r", 0, 0.01) == []
+    assert len(store._listeners) == 1
+    time.sleep(0.2)
+    with pg_server.admin() as conn:
+        count = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)).fetchone()[0]
+    assert count == 2  # the pool's one connection and this thread's listener

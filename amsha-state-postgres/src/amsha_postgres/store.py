@@ -248,7 +248,7 @@ class PostgresStore:
         self._lock = threading.Lock()
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._local = threading.local()
-        self._listeners: list[psycopg.Connection[Any]] = []
+        self._listeners: list[tuple[threading.Thread, psycopg.Connection[Any]]] = []
         self._suspect = False  # a connection failed since the last call that went through
         self._notify_ok: bool | None = None if self.notifications == "auto" else self.notifications == "on"
         # state_id -> the latest version this instance wrote or read of it, used only while
@@ -295,7 +295,7 @@ class PostgresStore:
     def _get_pool(self) -> psycopg_pool.ConnectionPool[Any]:
         if os.getpid() != self._pid:
             # A forked child: leave the parent's pool and connections alone, open its own.
-            _INHERITED.extend([self._pool, *self._listeners])
+            _INHERITED.extend([self._pool, *(c for _, c in self._listeners)])
             self._setup_process()
         pool = self._pool
         if pool is None:
@@ -326,7 +326,7 @@ class PostgresStore:
             self._tips.clear()
             self._tips_bytes = 0
             self._local = threading.local()
-        for conn in listeners:
+        for _, conn in listeners:
             try:
                 conn.close()
             except Exception:
@@ -503,9 +503,14 @@ class PostgresStore:
         unexpired lease on ``run_id``; the run's row stays share-locked until the end."""
         if run_id is None:
             raise LeaseLostError("?", f"owner {owner[:8]} wrote without naming its run; the write was refused")
-        row = conn.execute(self._q.fence, (owner, run_id)).fetchone()
+        self._check_fence(conn.execute(self._q.fence, (owner, run_id)).fetchone(), run_id, owner)
+
+    @staticmethod
+    def _check_fence(row: Sequence[Any] | None, run_id: str | None, owner: str) -> None:
+        """Raise :class:`LeaseLostError` unless the ``fence`` query's ``row`` says ``owner``
+        holds the lease."""
         if row is None:
-            raise LeaseLostError(run_id, "no such run in the store; the write was refused")
+            raise LeaseLostError(str(run_id), "no such run in the store; the write was refused")
         holds, holder = row
         if not holds:
             who = (
@@ -513,7 +518,9 @@ class PostgresStore:
                 if holder == owner
                 else ("the lease is held by another owner" if holder else "no owner holds a lease")
             )
-            raise LeaseLostError(run_id, f"owner {owner[:8]} no longer holds the lease ({who}); the write was refused")
+            raise LeaseLostError(
+                str(run_id), f"owner {owner[:8]} no longer holds the lease ({who}); the write was refused"
+            )
 
     # ---- states -----------------------------------------------------------------------------
 
@@ -539,11 +546,35 @@ class PostgresStore:
         write_id = uuid.uuid4().bytes
         q = self._q
 
+        if owner is not None and run_id is None:
+            raise LeaseLostError("?", f"owner {owner[:8]} wrote a state without naming its run; the write was refused")
+
         def write(conn: psycopg.Connection[Any]) -> tuple[int, Tip | None]:
-            with conn.transaction():
-                if owner is not None:
-                    self._fence(conn, run_id, owner)
+            # The common case in one round trip (pipeline mode): when this instance holds the
+            # version the caller names, the delta on it is planned here and inserted only if
+            # that row is still the latest, after the state's lock, in one statement.
+            cached = self._tips.get(state_id)
+            if cached is not None and cached.version != expected_version:
+                cached = None
+            guess = _codec.plan(expected_version + 1, cached, values, total) if cached or not expected_version else None
+            version = expected_version + 1
+            with conn.pipeline(), conn.transaction():
+                fence = conn.execute(q.fence, (owner, run_id)) if owner is not None else None
                 conn.execute(q.lock, (f"{self.schema}/{state_id}",))
+                fast = None
+                if guess is not None:
+                    params = (state_id, version, time.time(), run_id, reason or "", write_id, *guess)
+                    if cached is None:
+                        fast = conn.execute(q.insert_first, (*params, state_id), binary=True)
+                    else:
+                        where = (state_id, expected_version, cached.write_id, state_id, expected_version)
+                        fast = conn.execute(q.insert_after, (*params, *where), binary=True)
+                if fence is not None and owner is not None:
+                    self._check_fence(fence.fetchone(), run_id, owner)
+                if fast is not None and fast.fetchone() is not None:
+                    assert guess is not None
+                    return version, Tip(version, write_id, guess.base, guess.depth, guess.chain, values, total)
+                # Otherwise: read the latest version (under the lock) and plan on it.
                 row = conn.execute(q.latest_meta, (state_id,), binary=True).fetchone()
                 latest = row[0] if row else 0
                 if latest != expected_version:
@@ -551,7 +582,6 @@ class PostgresStore:
                         return latest, None  # an earlier attempt of this call committed
                     raise VersionConflictError(state_id, expected_version, latest)
                 prev = self._tip(conn, state_id, row) if row else None
-                version = latest + 1
                 planned = _codec.plan(version, prev, values, total)
                 conn.execute(
                     q.insert_version,
@@ -797,11 +827,13 @@ class PostgresStore:
 
         def write(conn: psycopg.Connection[Any]) -> None:
             try:
-                with conn.transaction():
-                    if owner is not None:
-                        self._fence(conn, run_id, owner)
+                # One round trip (pipeline mode) without a fence, two with one.
+                with conn.pipeline(), conn.transaction():
+                    fence = conn.execute(q.fence, (owner, run_id)) if owner is not None else None
                     conn.execute(q.insert_events, (run_id, write_id, seqs, bodies), binary=True)
                     conn.execute(q.notify, (self.channel, run_id))
+                    if fence is not None and owner is not None:
+                        self._check_fence(fence.fetchone(), run_id, owner)
             except pgerrors.UniqueViolation:
                 mine = _scalar(conn.execute(q.events_written, (run_id, seqs, write_id)))
                 if mine == len(seqs):
@@ -885,12 +917,23 @@ class PostgresStore:
             return listener
 
         conn = self._retry("wait_for_events (LISTEN)", connect)
+        thread = threading.current_thread()
         with self._lock:
-            self._listeners.append(conn)
+            # Listening connections of threads that have ended are closed here, so a store
+            # tailed from short-lived threads does not accumulate them.
+            ended = [c for t, c in self._listeners if not t.is_alive()]
+            self._listeners = [(t, c) for t, c in self._listeners if t.is_alive()]
+            self._listeners.append((thread, conn))
+        for old in ended:
+            try:
+                old.close()
+            except Exception:
+                pass
         self._local.listener = conn
         if self._notify_ok is None:
             self._notify_ok = self._probe(conn)
             if not self._notify_ok:
+                self._drop_listener(conn)
                 log.warning(
                     "amsha: postgres store %s: a notification sent did not come back (a pooler such as PgBouncer "
                     "in transaction mode drops LISTEN); waiting for events polls every %g s at most",
@@ -913,8 +956,7 @@ class PostgresStore:
     def _drop_listener(self, conn: psycopg.Connection[Any]) -> None:
         self._local.listener = None
         with self._lock:
-            if conn in self._listeners:
-                self._listeners.remove(conn)
+            self._listeners = [(t, c) for t, c in self._listeners if c is not conn]
         try:
             conn.close()
         except Exception:
@@ -1048,6 +1090,17 @@ class _Queries:
         self.insert_version = (
             f"INSERT INTO {sv} (state_id, version, created_at, run_id, reason, write_id, base, depth, chain, "
             "removed, ord, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        )
+        cols = "(state_id, version, created_at, run_id, reason, write_id, base, depth, chain, removed, ord, data)"
+        typed = "%s::text, %s::int, %s::float8, %s::text, %s::text, %s::bytea, %s::int, %s::int, %s::bigint, %s::bytea, %s::bytea, %s::bytea"
+        self.insert_first = (
+            f"INSERT INTO {sv} {cols} SELECT {typed} WHERE NOT EXISTS (SELECT 1 FROM {sv} WHERE state_id = %s) "
+            "RETURNING 1"
+        )
+        self.insert_after = (
+            f"INSERT INTO {sv} {cols} SELECT {typed} WHERE EXISTS (SELECT 1 FROM {sv} WHERE state_id = %s AND "
+            f"version = %s AND write_id = %s) AND NOT EXISTS (SELECT 1 FROM {sv} WHERE state_id = %s AND version > %s) "
+            "RETURNING 1"
         )
         self.chain = (
             f"SELECT version, removed, ord, data FROM {sv} WHERE state_id = %s AND version BETWEEN %s AND %s "
