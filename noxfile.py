@@ -18,6 +18,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
 
 CORE = "./amsha-core"
+DISTRIBUTED = ["dask[distributed]>=2024.1", "ray>=2.9"]
 PLUGINS = [
     "amsha-provider-openai",
     "amsha-orchestrator-crewai",
@@ -89,7 +90,9 @@ def example_plugin(session: nox.Session) -> None:
 def cross(session: nox.Session) -> None:
     """Cross-package tests: fresh environments with chosen plugins, end to end by CLI."""
     _env(session)
-    session.install(f"{CORE}[test]", *[f"./{p}" for p in PLUGINS])
+    # Real distributed engines for the run-control tests: Dask (LocalCluster with worker
+    # processes) and Ray (local, worker processes); the tests start and stop them.
+    session.install(f"{CORE}[test]", *[f"./{p}" for p in PLUGINS], *DISTRIBUTED)
     session.run("pytest", "tests", "-q", "-p", "no:cacheprovider", *session.posargs)
 
 
@@ -141,7 +144,7 @@ def bench(session: nox.Session) -> None:
     """Benchmarks side by side with peers; one JSON line per figure. The peers are listed in
     ``bench/requirements.txt``."""
     _env(session)
-    session.install(CORE, *[f"./{p}" for p in PLUGINS], "-r", "bench/requirements.txt")
+    session.install(CORE, *[f"./{p}" for p in PLUGINS], "-r", "bench/requirements.txt", *DISTRIBUTED)
     session.run("python", "bench/run.py", *session.posargs, env={"PYTHONDONTWRITEBYTECODE": ""})
 
 

@@ -27,7 +27,16 @@ import harness
 # Modules holding benchmarks, imported in this order (their figures print in this order).
 # Each is bench/<name>.py (never named after a package it imports: this folder is first on
 # sys.path); a figure set that is not there yet is left out.
-MODULES = ("core", "sqlite_store", "postgres_store", "openai_provider", "crewai_orchestrator", "langgraph_orchestrator", "otel_observer")
+MODULES = (
+    "core",
+    "sqlite_store",
+    "postgres_store",
+    "openai_provider",
+    "crewai_orchestrator",
+    "langgraph_orchestrator",
+    "otel_observer",
+    "runs",
+)
 HERE = Path(__file__).resolve().parent
 
 # The peer runs in its default, offline configuration: no tracing to a server.

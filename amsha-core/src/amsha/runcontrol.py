@@ -29,9 +29,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import LeaseLostError, RunLostError, RunTimeoutError, StateError
+
+if TYPE_CHECKING:
+    from .handle import RunResult
 from .events import TERMINAL_KINDS, Event
 from .metrics import AmshaMetrics, MetricsCollector
 from .state import (
@@ -124,7 +127,8 @@ def check_fence(run_id: str, control: RunControl | None, owner_id: str, now: flo
         raise LeaseLostError(run_id, f"this process (owner {owner_id[:8]}) does not hold the run's lease{holder}")
     if now > control.lease_expires_at:
         raise LeaseLostError(
-            run_id, f"the lease of owner {owner_id[:8]} expired {now - control.lease_expires_at:.1f}s ago: the run is LOST"
+            run_id,
+            f"the lease of owner {owner_id[:8]} expired {now - control.lease_expires_at:.1f}s ago: the run is LOST",
         )
 
 
@@ -188,6 +192,7 @@ class OwnerLease:
         self.renewed_at = 0.0
         self.lost: LeaseLostError | None = None
         self._stopped = False
+        self._wake: asyncio.Event | None = None
 
     @property
     def owner_id(self) -> str:
@@ -208,14 +213,33 @@ class OwnerLease:
         is seen, ``on_lost(error)`` when the lease is gone, then returns."""
         cancelled = False
         renew_every = self.lease_s / 3
+        self._wake = asyncio.Event()
+        warned = False
         while not self._stopped:
-            await asyncio.sleep(self.cancel_poll_s)
+            slept = time.monotonic()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.cancel_poll_s)
+            except TimeoutError:
+                pass
             if self._stopped:
                 return
+            held = time.monotonic() - slept - self.cancel_poll_s
+            if held > self.lease_s / 3 and not warned:
+                warned = True  # the loop is the lease's clock: say so before it costs the run
+                log.warning(
+                    "amsha: run %s: its event loop was held for %.1fs (by blocking code on the loop, or a "
+                    "starved machine); the lease (runs.lease_s %gs) is lost if it is held for longer",
+                    self.run_id,
+                    held,
+                    self.lease_s,
+                )
             try:
                 if time.monotonic() - self.renewed_at >= renew_every:
                     control = await _call(self.store, self.store.renew_lease, self.run_id, self.owner.id, self.lease_s)
                     self.renewed_at = time.monotonic()
+                elif getattr(self.store, "cheap_control_reads", False):
+                    # A read the store promises is quick (a local index lookup): no thread hop.
+                    control = self.store.read_control(self.run_id)
                 else:
                     control = await _call(self.store, self.store.read_control, self.run_id)
             except LeaseLostError as exc:
@@ -231,7 +255,11 @@ class OwnerLease:
                 on_cancel(reason)
 
     def stop(self) -> None:
+        """End :meth:`watch` at once (call it from the run's loop); a store call it has in
+        flight completes first, so awaiting the watch task means the lease is no longer used."""
         self._stopped = True
+        if self._wake is not None:
+            self._wake.set()
 
 
 # ---- the reader's side --------------------------------------------------------------------
@@ -371,6 +399,7 @@ class StoreRun:
         self.future = future
         self.local_state = state
         self._final: RunRecord | None = None
+        self._saw_end = False
 
     # ---- status and result ------------------------------------------------------------------
 
@@ -378,13 +407,21 @@ class StoreRun:
         """The run's record as a reader reports it (LOST applied); cached once it ended."""
         if self._final is not None:
             return self._final
-        record = self.store.get_run(self.run_id).observed()
+        record: RunRecord = self.store.get_run(self.run_id).observed()
         if record.status in RunStatus.TERMINAL:
             self._final = record
         return record
 
     def status(self) -> str:
-        return self.record().status
+        record = self.record()
+        if self._saw_end and record.status in RunStatus.ACTIVE:
+            # The owner commits the terminal event, then the final record: a reader that saw
+            # the first waits the moment it takes for the second.
+            try:
+                record = self._poll(time.monotonic() + 5.0)
+            except RunTimeoutError:
+                pass
+        return record.status
 
     def _poll(self, deadline: float | None) -> RunRecord:
         interval = 0.01
@@ -410,6 +447,8 @@ class StoreRun:
         """The worker's future ended: if it never claimed the run (it failed before starting,
         or the executor dropped it), record the failure so the run does not stay PENDING."""
         assert self.future is not None
+        if self.future.cancelled():
+            return  # the executor dropped it: if it was never claimed, request_cancel settles it
         exc = self.future.exception()
         outcome = None if exc is not None else self.future.result()
         if exc is None and (not isinstance(outcome, dict) or outcome.get("claimed", True)):
@@ -440,7 +479,7 @@ class StoreRun:
         """Async twin of :meth:`wait`."""
         return await asyncio.to_thread(self.wait, timeout)
 
-    def result(self, record: RunRecord) -> Any:
+    def result(self, record: RunRecord) -> RunResult:
         """The :class:`~amsha.RunResult` of an ended run (raising as a local run would)."""
         from .handle import RunResult, raise_for
 
@@ -450,7 +489,7 @@ class StoreRun:
             if self.local_state is not None and self.local_state.version < state.version:
                 # The client's own state object: make it what the worker left.
                 local = self.local_state
-                for key in local.keys():
+                for key in local.keys():  # noqa: SIM118 (a list: deleting while iterating)
                     if key not in state:
                         del local[key]
                 local.update(state.to_dict())
@@ -473,19 +512,21 @@ class StoreRun:
 
     def events(self, from_seq: int) -> Iterator[Event]:
         for raw in StoreTail(self.store, self.run_id, from_seq, poll_max_s=self.poll_max_s):
+            self._saw_end = self._saw_end or raw.get("kind") in TERMINAL_KINDS
             yield Event.from_dict(raw)
 
     async def aevents(self, from_seq: int) -> AsyncIterator[Event]:
         async for raw in StoreTail(self.store, self.run_id, from_seq, poll_max_s=self.poll_max_s):
+            self._saw_end = self._saw_end or raw.get("kind") in TERMINAL_KINDS
             yield Event.from_dict(raw)
 
     # ---- cancel ------------------------------------------------------------------------------
 
     def cancel(self, reason: str) -> str:
-        """Record a cancel request in the store; returns a :class:`CancelOutcome` value. A run
-        still queued on the executor is also taken off its queue when the executor can."""
-        if self.future is not None and not self.future.done():
-            self.future.cancel()  # frees a queue slot; the store decides what the run does
+        """Record a cancel request in the store; returns a :class:`CancelOutcome` value. The
+        executor's future is left alone: executors differ in what cancelling a running task
+        means (Dask's returns True and lets the task go on); the store decides for every one
+        of them, and a queued run that a worker picks up later finds itself CANCELLED."""
         require_run_control(self.store, f"cancelling run {self.run_id} from another process")
         outcome: str = self.store.request_cancel(self.run_id, reason)
         if outcome in (CancelOutcome.CANCELLED, CancelOutcome.ENDED, CancelOutcome.LOST):

@@ -12,6 +12,7 @@ with an event loop (see ``amsha._loop``).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
 import importlib
@@ -38,7 +39,6 @@ from .errors import (
 )
 from .events import Event, Observer, RunEventLog
 from .handle import ExecutionHandle, ExecutionMode, RunResult, raise_for
-from .runcontrol import OwnerLease, StoreRun
 from .llm import LLM
 from .metrics import MetricsCollector
 from .observe import ObserverChannel, ObserverError, observer_name
@@ -46,7 +46,16 @@ from .orchestrator import IOrchestrator, RunContext
 from .plugins import BackendContext, PluginSet, load_plugins
 from .provider import ILLMProvider
 from .registry import Registry
-from .state import CancelOutcome, ExecutionState, RunRecord, RunStatus, StateStore, supports_run_control
+from .runcontrol import OwnerLease, StoreRun
+from .state import (
+    CancelOutcome,
+    ExecutionState,
+    RunControlStore,
+    RunRecord,
+    RunStatus,
+    StateStore,
+    supports_run_control,
+)
 
 __all__ = ["ExecutionSession", "run_spec"]
 
@@ -262,7 +271,7 @@ class ExecutionSession:
         run = self._prepare(tasks, inputs, state, mode, run_id)
         executor = executor or (self.executor if run.mode is ExecutionMode.BACKGROUND else None)
         if _elsewhere(executor):
-            run.start_remote(cast(concurrent.futures.Executor, executor))
+            self._start(run, run.start_remote, cast(concurrent.futures.Executor, executor))
         else:
             self._start_record(run)
             if executor is None:
@@ -287,7 +296,7 @@ class ExecutionSession:
         run = self._prepare(tasks, inputs, state, mode, run_id)
         executor = executor or (self.executor if run.mode is ExecutionMode.BACKGROUND else None)
         if _elsewhere(executor):
-            await asyncio.to_thread(run.start_remote, cast(concurrent.futures.Executor, executor))
+            await asyncio.to_thread(self._start, run, run.start_remote, cast(concurrent.futures.Executor, executor))
         else:
             await asyncio.to_thread(self._start_record, run)
             if executor is None:
@@ -297,8 +306,12 @@ class ExecutionSession:
         return self._handle(run, detach)
 
     def _start_record(self, run: _Run) -> None:
+        self._start(run, run.start_record)
+
+    def _start(self, run: _Run, start: Callable[..., None], *args: Any) -> None:
+        """Start ``run`` with ``start(*args)``; a run that could not start is forgotten."""
         try:
-            run.start_record()
+            start(*args)
         except BaseException:
             with self._lock:
                 self._runs.pop(run.run_id, None)
@@ -400,9 +413,7 @@ class ExecutionSession:
 
     # ---- lifecycle ----------------------------------------------------------------------
 
-    def close(
-        self, *, drain_timeout_s: float | None = None, wait: bool = False, timeout_s: float = 30.0
-    ) -> None:
+    def close(self, *, drain_timeout_s: float | None = None, wait: bool = False, timeout_s: float = 30.0) -> None:
         """End the session: runs still executing in this process are cancelled (reason "the
         session was closed"), or with ``wait=True`` waited for, at most ``timeout_s`` in all;
         then observers catch up and the backends close. The store is closed only after every
@@ -561,7 +572,9 @@ class _Run:
             batch, self._pending = self._pending, []
             try:
                 if self.lease is not None:
-                    self.session.store.append_events(self.run_id, batch, owner=self.lease.owner_id)
+                    cast(RunControlStore, self.session.store).append_events(
+                        self.run_id, batch, owner=self.lease.owner_id
+                    )
                 else:
                     self.session.store.append_events(self.run_id, batch)
             except LeaseLostError as exc:
@@ -587,7 +600,7 @@ class _Run:
 
     def _put_record(self) -> None:
         if self.lease is not None:
-            self.session.store.put_run(self.record, owner=self.lease.owner_id)
+            cast(RunControlStore, self.session.store).put_run(self.record, owner=self.lease.owner_id)
         else:
             self.session.store.put_run(self.record)
 
@@ -612,6 +625,14 @@ class _Run:
             return LLM(view, model=pcfg.model, retry=pcfg.retry or self.session.config.retry, name=name or "default")
         return self.session.llm(name)
 
+    def _build_llms(self) -> None:
+        names = {self.registry.agent(self.registry.task(t).agent).llm for t in self.task_names}
+        for name in names:
+            try:
+                self._llm_factory(name)
+            except Exception:
+                pass  # the orchestrator meets the same error where it belongs, with the task named
+
     def _snapshot(self, reason: str) -> None:
         if not self.state.dirty or self.lost is not None:
             return  # nothing changed since the last snapshot, or no longer ours to write
@@ -627,6 +648,12 @@ class _Run:
 
     async def execute(self) -> None:
         """The run itself; never raises (the outcome is in the record and the handle)."""
+        try:
+            await self._execute()
+        finally:
+            await self._settle()
+
+    async def _execute(self) -> None:
         self.loop = asyncio.get_running_loop()
         if self.task is None:
             self.task = asyncio.current_task()
@@ -659,9 +686,12 @@ class _Run:
                     **({"links": self.links} if self.links else {}),
                 },
             )
-            await asyncio.to_thread(self._put_record)
+            await _finish_then_cancel(asyncio.to_thread(self._put_record))
             if self.lease is not None:
                 self._watch = asyncio.ensure_future(self.lease.watch(self.cancel, self._lose))
+            # Providers import their SDKs when first built: do it off the loop, so the loop
+            # (which renews the lease and reads cancel requests) is never held by an import.
+            await asyncio.to_thread(self._build_llms)
             if self.cancel_event.is_set():
                 raise RunCancelledError(self.run_id, self.cancel_reason or "cancelled")
             await self.session.orchestrator.aexecute(ctx)
@@ -712,8 +742,22 @@ class _Run:
     def _stop_watch(self) -> None:
         if self.lease is not None:
             self.lease.stop()
-        if self._watch is not None:
-            self._watch.cancel()
+
+    async def _settle(self) -> None:
+        """The run's end: wait until the lease watch has stopped (no store call of the run is
+        left in flight, so the session may close the store), then tell the handles."""
+        watch = self._watch
+        try:
+            if watch is not None and not watch.done():
+                self._stop_watch()
+                while not watch.done():
+                    try:
+                        await asyncio.shield(asyncio.gather(watch, return_exceptions=True))
+                    except asyncio.CancelledError:
+                        continue  # a cancel that came late: the run has ended already
+        finally:
+            if not self.done.done():
+                self.done.set_result(None)
 
     def _end_lost(self) -> None:
         """End a run whose lease was lost: nothing is written (the store would refuse it and
@@ -730,8 +774,6 @@ class _Run:
         with self._flush_lock:
             self._pending = []
         self.log.close()
-        if not self.done.done():
-            self.done.set_result(None)
 
     def _end(self, status: str, kind: str, data: dict[str, Any]) -> None:
         self._stop_watch()
@@ -763,8 +805,8 @@ class _Run:
             except Exception:
                 log.exception("amsha: run %s: could not write the final run record", self.run_id)
         self.log.close()
-        if not self.done.done():
-            self.done.set_result(None)
+        if self._watch is None and not self.done.done():
+            self.done.set_result(None)  # no watch to wait for (execute settles it otherwise)
 
     def cancel(self, reason: str) -> bool:
         """Cancel a run executing in this process (fast path: no store round trip)."""
@@ -853,17 +895,65 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     store, execute it. Returns ``{"claimed": False, "reason"}`` when the run was not this
     worker's to run (cancelled while queued, owned by another live worker, or LOST), else
     ``{"claimed": True, "status"}``; the outcome itself is in the store."""
-    config = AmshaConfig.model_validate(spec["config"])
-    with ExecutionSession(config, base_dir=spec["base_dir"]) as session:
-        state = ExecutionState.load(spec["state"])
-        run = session._prepare(spec["tasks"], spec["inputs"], state, ExecutionMode.BACKGROUND, spec["run_id"])
-        run.record.created_at = float(spec.get("created_at") or run.record.created_at)
-        try:
-            session._start_record(run)
-        except LeaseLostError as exc:
-            return {"claimed": False, "reason": str(exc)}
+    session = _worker_session(spec["config"], spec["base_dir"])
+    state = ExecutionState.load(spec["state"])
+    run = session._prepare(spec["tasks"], spec["inputs"], state, ExecutionMode.BACKGROUND, spec["run_id"])
+    run.record.created_at = float(spec.get("created_at") or run.record.created_at)
+    try:
+        session._start_record(run)
+    except LeaseLostError as exc:
+        return {"claimed": False, "reason": str(exc)}
+    try:
         _loop.run_sync(run.execute())
-        return {"claimed": True, "status": run.status}
+    finally:
+        with session._lock:
+            session._runs.pop(run.run_id, None)  # the store has it; a worker lives long
+    return {"claimed": True, "status": run.status}
+
+
+_WORKER_SESSIONS: collections.OrderedDict[str, ExecutionSession] = collections.OrderedDict()
+_WORKER_LOCK = threading.Lock()
+_WORKER_PID: int | None = None
+
+
+def _worker_session(config: dict[str, Any], base_dir: str) -> ExecutionSession:
+    """The session a worker process runs specs of one config in: built once per process and
+    config (plugins discovered, backends built, the store opened once), as a long-lived
+    session in one process would be; closed when the process exits."""
+    global _WORKER_PID
+    key = json.dumps([config, base_dir], sort_keys=True)
+    with _WORKER_LOCK:
+        if _WORKER_PID != os.getpid():
+            _WORKER_SESSIONS.clear()  # a forked child: the parent's sessions are not its own
+            if _WORKER_PID is None:
+                atexit.register(_close_worker_sessions)
+            _WORKER_PID = os.getpid()
+        session = _WORKER_SESSIONS.get(key)
+        if session is None or session._closed:
+            session = ExecutionSession(AmshaConfig.model_validate(config), base_dir=base_dir)
+            _WORKER_SESSIONS[key] = session
+            while len(_WORKER_SESSIONS) > 8:
+                _WORKER_SESSIONS.popitem(last=False)[1].close(wait=True)
+        _WORKER_SESSIONS.move_to_end(key)
+        return session
+
+
+def _close_worker_sessions() -> None:
+    for session in list(_WORKER_SESSIONS.values()):
+        session.close(wait=True)
+    _WORKER_SESSIONS.clear()
+
+
+async def _finish_then_cancel(write: Any) -> None:
+    """Await a store write running in a worker thread; if the run is cancelled meanwhile, let
+    the write finish first (a thread cannot be stopped: a RUNNING record written after the
+    CANCELLED one would win), then let the cancellation through."""
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.gather(task, return_exceptions=True)
+        raise
 
 
 def _elsewhere(executor: concurrent.futures.Executor | None) -> bool:

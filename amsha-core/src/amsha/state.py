@@ -403,6 +403,10 @@ class RunControlStore(StateStore, Protocol):
       ``heartbeat_at``, ``lease_expires_at`` and ``cancel_request`` are written only by
       the methods below. ``get_run`` and ``list_runs`` return them.
 
+    Optional: a ``cheap_control_reads = True`` attribute says :meth:`read_control` is quick
+    enough (a local index lookup that writers never block) for the owner to call it from its
+    event loop every ``cancel_poll_s`` without a thread hop.
+
     Optional: ``wait_for_events(run_id, from_seq, timeout_s) -> list[dict]`` blocks until
     the run has events with ``seq >= from_seq`` (returning them) or ``timeout_s`` passes
     (returning ``[]``). A store with notifications (PostgreSQL's LISTEN/NOTIFY) implements
@@ -410,6 +414,28 @@ class RunControlStore(StateStore, Protocol):
 
     ``amsha.testing.StateStoreContract`` checks all of this.
     """
+
+    def put_run(self, record: RunRecord, *, owner: str | None = None) -> None:
+        """As :meth:`StateStore.put_run`; with ``owner``, only while it holds the lease."""
+        ...
+
+    def append_events(self, run_id: str, events: Sequence[dict[str, Any]], *, owner: str | None = None) -> None:
+        """As :meth:`StateStore.append_events`; with ``owner``, only while it holds the lease."""
+        ...
+
+    def put_state(
+        self,
+        state_id: str,
+        data: dict[str, Any],
+        *,
+        expected_version: int,
+        run_id: str | None = None,
+        reason: str = "",
+        owner: str | None = None,
+    ) -> int:
+        """As :meth:`StateStore.put_state`; with ``owner``, only while it holds the lease on
+        ``run_id``."""
+        ...
 
     def claim_run(self, record: RunRecord, owner: RunOwner, lease_s: float) -> RunControl:
         """Write ``record`` (create or replace) and give ``owner`` the lease on it, expiring

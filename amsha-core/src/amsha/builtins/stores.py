@@ -446,10 +446,10 @@ class FileStore:
         if not events:
             return
         blob = "".join(json.dumps(redact_obj(e), ensure_ascii=False) + "\n" for e in events)
-        with self._fence(run_id, owner):
-            with self._lock, open(self.root / "events" / f"{self._safe(run_id)}.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(blob)
-                fh.flush()
+        path = self.root / "events" / f"{self._safe(run_id)}.jsonl"
+        with self._fence(run_id, owner), self._lock, open(path, "a", encoding="utf-8") as fh:
+            fh.write(blob)
+            fh.flush()
 
     def read_events(self, run_id: str, from_seq: int = 0) -> list[dict[str, Any]]:
         path = self.root / "events" / f"{self._safe(run_id)}.jsonl"
