@@ -130,6 +130,11 @@ def test_the_password_never_appears_in_errors_logs_or_rows(
         for table in ("state_versions", "runs", "events"):
             for (row,) in conn.execute(f'SELECT t::text FROM "{schema}".{table} t'):
                 assert password not in row and password.encode().hex() not in row
+        conn.execute("CHECKPOINT")
+    # Nor in any file of the server: tables, TOAST, WAL, its log.
+    for path in Path(pg_server.folder).rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path
 
 
 # ---- storage by change ------------------------------------------------------------------------
