@@ -318,3 +318,28 @@ def test_processes_writing_one_state_report_conflicts_and_lose_nothing(
     final = store.get_state("counter")
     assert final.data["n"] == workers * increments and final.version == workers * increments + 1
     assert len(store.read_events("shared")) == workers * increments
+
+
+@pytest.mark.parametrize("secret", ["plain-canary-51f0e2", 'quote"canary\\51f0e2', "ctrl\tcanary-ünï-51f0e2"])
+def test_secrets_in_state_values_and_keys_are_scrubbed_however_they_are_encoded(
+    pg_server: PostgresServer, schema: str, store: PostgresStore, secret: str
+) -> None:
+    from amsha.secrets import register_secret
+
+    register_secret(secret)
+    data = {
+        "plain": f"before {secret} after",
+        "nested": {"deep": [1, {"x": f"{secret}{secret}"}], secret: "as a key"},
+        f"key-{secret}": "value",
+        "clean": "nothing here " * 1000,
+    }
+    store.put_state("s", data, expected_version=0)
+    got = store.get_state("s").data
+    text = json.dumps(got, ensure_ascii=False)
+    assert secret not in text and secret not in repr(got)
+    assert got["plain"] == "before *** after" and got["nested"]["deep"][1]["x"] == "******"
+    assert got["nested"]["***"] == "as a key" and got["key-***"] == "value"
+    assert got["clean"] == data["clean"]
+    fresh = PostgresStore(pg_server.dsn(), schema=schema)
+    assert fresh.get_state("s").data == got  # what is stored, not only what was kept
+    fresh.close()
