@@ -26,6 +26,7 @@ PLUGINS = [
     "amsha-state-sqlite",
     "amsha-state-postgres",
     "amsha-observer-opentelemetry",
+    "amsha-ui",
 ]
 # Frameworks phone home unless told not to; tests and demos run offline.
 OFFLINE_ENV = {
@@ -69,6 +70,7 @@ def plugin(session: nox.Session, dist: str) -> None:
         "amsha-state-sqlite": "amsha_sqlite",
         "amsha-state-postgres": "amsha_postgres",
         "amsha-observer-opentelemetry": "amsha_otel",
+        "amsha-ui": "amsha_ui",
     }[dist]
     session.run("python", "-c", f"import {module}.plugin")
     session.run("amsha", "plugins")
@@ -84,6 +86,15 @@ def example_plugin(session: nox.Session) -> None:
     session.run("amsha", "plugins")
     session.run("pytest", "examples/third-party-plugin/tests", "-q", "-p", "no:cacheprovider", *session.posargs)
     session.run("amsha", "run", "examples/third-party-plugin/amsha.yaml", "--input", "name=Polly")
+
+
+@nox.session
+def kit_mutations(session: nox.Session) -> None:
+    """The contract kit tests itself: reference plugins of every kind pass their suites, and
+    each planted bug (kit/mutants.py) fails them with ``contract:`` messages; prints the score."""
+    _env(session)
+    session.install(CORE, "httpx>=0.27", "pytest>=8")
+    session.run("python", "kit/run_mutations.py", *session.posargs)
 
 
 @nox.session
@@ -105,9 +116,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def types(session: nox.Session) -> None:
-    """mypy, strict on the core package."""
-    session.install(CORE, "mypy>=1.10", "types-PyYAML", "pytest")
-    session.run("mypy", "amsha-core/src/amsha")
+    """mypy, strict on the core package and on amsha-ui."""
+    session.install(CORE, "./amsha-ui", "mypy>=1.10", "types-PyYAML", "pytest")
+    session.run("mypy", "amsha-core/src/amsha", "amsha-ui/src/amsha_ui")
 
 
 @nox.session
@@ -137,6 +148,15 @@ def langgraph_example(session: nox.Session) -> None:
     _env(session)
     session.install(CORE, "./amsha-orchestrator-langgraph")
     session.run("python", "examples/langgraph/run.py")
+
+
+@nox.session(default=False)
+def ui_screenshots(session: nox.Session) -> None:
+    """The README's screenshots of amsha ui (runs list, a run's timeline), from the
+    quickstart's runs, in Debian's Chromium: writes amsha-ui/docs/runs.png and run.png."""
+    _env(session)
+    session.install(CORE, "./amsha-ui[test]")
+    session.run("python", "amsha-ui/docs/screenshots.py", *session.posargs)
 
 
 @nox.session(default=False)

@@ -27,13 +27,14 @@ AMSHA_STREAM_TEXT = " ".join(f"word{i}" for i in range(STREAM_TOKENS))
 PEER_STREAM_TEXT = "".join("tidepools"[i % 9] for i in range(STREAM_TOKENS))
 # What creating a session must never import (the plugin modules are imported at creation;
 # frameworks belong in the adapter modules that a factory imports only when selected).
-FRAMEWORKS = ("openai", "crewai", "langgraph", "langchain")
+FRAMEWORKS = ("openai", "crewai", "langgraph", "langchain", "starlette", "uvicorn")
 FIRST_PARTY = (
     "amsha-provider-openai",
     "amsha-orchestrator-crewai",
     "amsha-orchestrator-langgraph",
     "amsha-state-sqlite",
     "amsha-observer-opentelemetry",
+    "amsha-ui",
 )
 
 

@@ -36,6 +36,7 @@ MODULES = (
     "langgraph_orchestrator",
     "otel_observer",
     "runs",
+    "ui_inspector",
 )
 HERE = Path(__file__).resolve().parent
 

@@ -38,3 +38,13 @@ def test_a_whole_run_imports_no_framework() -> None:
 def test_every_public_name_resolves() -> None:
     for name in amsha.__all__:
         assert getattr(amsha, name) is not None, name
+
+
+def test_import_amsha_does_not_load_the_testing_kit() -> None:
+    loaded = _modules_after("import amsha")
+    assert "pytest" not in loaded and "http" not in loaded
+
+
+def test_the_testing_kit_and_its_http_peer_import_no_framework_nor_http_client() -> None:
+    loaded = _modules_after("import amsha.testing\nfrom amsha.testing import HTTPPeer\nHTTPPeer().start().stop()")
+    assert not loaded & {*FRAMEWORKS, "httpx", "httpcore", "requests", "aiohttp"}

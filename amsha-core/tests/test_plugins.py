@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from _amsha_support import make_config
 
 import amsha.plugins as plugins_module
-from amsha import PLUGIN_API_VERSION, ExecutionSession, hookimpl, load_plugins
+from amsha import ExecutionSession, hookimpl, load_plugins
 from amsha.builtins.scripted import ScriptedProvider
-from amsha.errors import DuplicatePluginError, PluginVersionError, UnknownBackendError
+from amsha.errors import ConfigError, DuplicatePluginError, PluginVersionError, UnknownBackendError
+from amsha.hookspecs import PLUGIN_API_VERSION
 from amsha.plugins import BackendContext
 
 
@@ -85,6 +88,41 @@ def test_incompatible_plugin_refused_only_when_selected() -> None:
     assert "2.0" in str(err.value) and PLUGIN_API_VERSION in str(err.value)
     with ExecutionSession(make_config(), plugins=[future]):
         pass
+
+
+def test_incompatible_plugin_hooks_are_not_called_nor_offered(tmp_path: Path) -> None:
+    called: list[str] = []
+
+    @hookimpl
+    def amsha_register_providers(register: Any) -> None:
+        called.append("yes")
+        register("future", lambda ctx: None)
+
+    future = _plugin("future_plugin", provider="future", api="2.0", hook=amsha_register_providers)
+    found = load_plugins([future])
+    info = next(p for p in found.plugins if p.name == "future_plugin")
+    assert called == [] and info.registers == [] and info.implements == ["provider"]
+    assert "future" not in found.names("provider")
+    config = tmp_path / "amsha.yaml"
+    config.write_text(yaml.safe_dump(make_config(provider={"name": "future"})))
+    with pytest.raises(PluginVersionError) as err:
+        ExecutionSession(config, plugins=[future])
+    text = str(err.value)
+    assert str(config) in text and "provider.name" in text and "'future_plugin'" in text
+    assert "2.0" in text and PLUGIN_API_VERSION in text
+    # An unknown name does not offer the incompatible plugin's backends as installed.
+    other = _plugin("other_plugin", provider="other")
+    with pytest.raises(UnknownBackendError) as unknown:
+        ExecutionSession(config, plugins=[other])
+    assert "future" not in str(unknown.value).split("installed providers:")[1]
+
+
+def test_option_errors_name_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "amsha.yaml"
+    config.write_text(yaml.safe_dump(make_config(provider={"name": "scripted", "options": {"tokn_delay_s": 1}})))
+    with pytest.raises(ConfigError) as err:
+        ExecutionSession(config)
+    assert str(err.value).startswith(f"{config}: provider.options.tokn_delay_s")
 
 
 def test_a_raising_hook_is_reported_and_others_still_load() -> None:

@@ -55,7 +55,7 @@ class LegacyStore:
         pass
 
 
-class legacy_plugin:  # noqa: N801 - a plugin is a namespace of hooks
+class legacy_plugin:
     AMSHA_PLUGIN_API = "1.0"
 
     @staticmethod

@@ -39,6 +39,14 @@ class TestOtelObserverContract(ObserverContract):
         yield observer
         observer.close()
 
+    @pytest.fixture
+    def observer_output(self, observer: Any) -> Any:
+        def spans() -> str:
+            # What the exporter received: every finished span as the SDK serialises it.
+            return "\n".join(span.to_json() for span in observer.span_exporter.get_finished_spans())
+
+        return spans
+
 
 def test_readme_examples_run() -> None:
     import re

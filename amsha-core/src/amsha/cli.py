@@ -98,7 +98,40 @@ def _parser() -> argparse.ArgumentParser:
         if name == "cancel":
             r.add_argument("--reason", default="cancelled from the command line")
             r.add_argument("--wait", action="store_true", help="wait until the run has ended")
+    _add_plugin_commands(sub, common)
     return parser
+
+
+def _add_plugin_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Subcommands registered by plugins (``amsha_register_commands``), with the options
+    every command takes (``common``). A plugin whose setup fails gets a command that
+    reports the failure when used; the others are unaffected."""
+    from .errors import PluginLoadError
+    from .plugins import load_plugins
+
+    plugins = load_plugins()
+    for name in sorted(plugins.commands):
+        entry = plugins.command(name)
+        if entry is None:  # contested: `amsha plugins` lists the conflict
+            continue
+        p = sub.add_parser(
+            name, help=entry.help or f"(from plugin {entry.plugin})", description=entry.help or None, parents=[common]
+        )
+        try:
+            handler = entry.resolve_setup()(p)
+            if not callable(handler):
+                raise TypeError(f"the setup of command {name!r} returned {handler!r}, not a handler")
+        except Exception as exc:
+            error = (
+                exc
+                if isinstance(exc, PluginLoadError)
+                else PluginLoadError(entry.plugin, entry.distribution, entry.version, exc)
+            )
+
+            def handler(_args: argparse.Namespace, _error: PluginLoadError = error) -> int:
+                raise _error
+
+        p.set_defaults(_amsha_handler=handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,6 +180,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    handler = getattr(args, "_amsha_handler", None)
+    if handler is not None:  # a plugin's command
+        code = handler(args)
+        return 0 if code is None else int(code)
     if args.command == "plugins":
         return _plugins(args)
     if args.command == "config":

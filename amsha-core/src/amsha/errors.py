@@ -154,17 +154,35 @@ class DuplicatePluginError(PluginError):
 
 
 class PluginVersionError(PluginError):
-    """A plugin was built for a plugin API this core does not speak."""
+    """A plugin was built for a plugin API this core does not speak. Its hooks are not
+    called; a session selecting a backend it would provide fails with this error, naming
+    the config key and file, the plugin and both versions."""
 
-    def __init__(self, plugin: str, plugin_api: str, core_api: str, distribution: str | None = None) -> None:
+    def __init__(
+        self,
+        plugin: str,
+        plugin_api: str,
+        core_api: str,
+        distribution: str | None = None,
+        *,
+        key: str = "",
+        source: str | None = None,
+        backend: str | None = None,
+        version: str | None = None,
+    ) -> None:
         self.plugin = plugin
         self.plugin_api = plugin_api
         self.core_api = core_api
+        self.key = key
+        self.source = source
         dist = distribution or plugin
+        where = "".join(f"{part}: " for part in (source, key) if part)
+        what = f"{backend} is not available: " if backend else ""
+        shipped = f" ({distribution} {version})" if distribution and version else ""
         super().__init__(
-            f"plugin {plugin!r} targets Amsha plugin API {plugin_api}, but this amsha-core speaks "
-            f"{core_api}; install a release of {dist} built for plugin API {core_api.split('.', maxsplit=1)[0]}.x "
-            f"(or an amsha-core that speaks {plugin_api})"
+            f"{where}{what}plugin {plugin!r}{shipped} targets Amsha plugin API {plugin_api}, but this amsha-core "
+            f"speaks {core_api}; install a release of {dist} built for plugin API "
+            f"{core_api.split('.', maxsplit=1)[0]}.x (or an amsha-core that speaks {plugin_api})"
         )
 
 
@@ -172,12 +190,20 @@ class UnknownBackendError(PluginError):
     """A config selects a backend name that no loaded plugin registers."""
 
     def __init__(
-        self, kind: str, name: str, installed: list[str], *, hint: str | None = None, key: str | None = None
+        self,
+        kind: str,
+        name: str,
+        installed: list[str],
+        *,
+        hint: str | None = None,
+        key: str | None = None,
+        source: str | None = None,
     ) -> None:
         self.kind = kind
         self.name = name
         self.installed = installed
-        where = f"{key}: " if key else ""
+        self.source = source
+        where = "".join(f"{part}: " for part in (source, key) if part)
         names = ", ".join(sorted(installed)) or "none"
         text = f"{where}unknown {kind} {name!r}; installed {kind}s: {names}"
         if hint:

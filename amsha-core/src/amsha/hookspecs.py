@@ -26,17 +26,24 @@ when a session selects one of its backends; it does not stop sessions that don't
 
 Hooks are called once per plugin; one whose hook raises is reported as a load error of that
 plugin and the others still register.
+
+A plugin may also add subcommands to the ``amsha`` command line with
+:func:`amsha_register_commands` (``amsha ui`` from amsha-ui is one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import pluggy
 
 __all__ = [
     "PLUGIN_API_VERSION",
+    "CommandHandler",
+    "CommandRegister",
     "Register",
+    "amsha_register_commands",
     "amsha_register_observers",
     "amsha_register_orchestrators",
     "amsha_register_providers",
@@ -61,6 +68,17 @@ class Register(Protocol):
     """The ``register`` callable handed to every ``amsha_register_*`` hook."""
 
     def __call__(self, name: str, factory: Any, *, options: Any = None, description: str = "") -> None: ...
+
+
+CommandHandler = Callable[[Any], int | None]
+"""What a command's ``setup`` returns: called with the parsed :class:`argparse.Namespace`
+when the command runs; returns the exit code (``None`` means 0)."""
+
+
+class CommandRegister(Protocol):
+    """The ``register`` callable handed to :func:`amsha_register_commands`."""
+
+    def __call__(self, name: str, setup: Any, *, help: str = "") -> None: ...
 
 
 @hookspec
@@ -99,4 +117,33 @@ def amsha_register_observers(register: Register) -> None:
 
     The factory receives a :class:`~amsha.BackendContext` and returns an observer. Selected
     by entries of ``observers: [{name: ...}, ...]``.
+    """
+
+
+@hookspec
+def amsha_register_commands(register: CommandRegister) -> None:
+    """Register subcommands of the ``amsha`` command line (``amsha NAME ...``).
+
+    Called once per plugin when the command line builds its parser.
+    ``register(name, setup, help="one line for amsha --help")``: ``setup`` is a callable, or
+    a ``"module:attribute"`` string imported only when the parser is built, called as
+    ``setup(parser)`` with the :class:`argparse.ArgumentParser` of ``amsha NAME``; it adds the
+    command's arguments and returns the handler (a :data:`CommandHandler`), which is called
+    with the parsed :class:`argparse.Namespace` when the user runs the command and returns the
+    exit code (``None`` means 0). ``setup`` runs for every invocation of ``amsha``, so it
+    must stay cheap: import your framework (a web server, say) inside the handler.
+
+    The handler may raise :class:`~amsha.errors.AmshaError` (one line on stderr, exit 2 for
+    bad input) like the built-in commands. A name already taken by a built-in command
+    (``plugins``, ``config``, ``run``, ``runs``) or by another plugin is refused: the command
+    is left out and ``amsha plugins`` reports the conflict. Example (amsha-ui)::
+
+        @hookimpl
+        def amsha_register_commands(register):
+            register("ui", setup_ui, help="browse recorded runs in the browser")
+
+
+        def setup_ui(parser):
+            parser.add_argument("--port", type=int, default=8765)
+            return run_ui  # imports starlette and uvicorn when called
     """

@@ -42,7 +42,17 @@ from .errors import (
     UnknownBackendError,
 )
 
-__all__ = ["KINDS", "BackendContext", "BackendEntry", "PluginInfo", "PluginSet", "load_plugins", "refresh"]
+__all__ = [
+    "BUILTIN_COMMANDS",
+    "KINDS",
+    "BackendContext",
+    "BackendEntry",
+    "CommandEntry",
+    "PluginInfo",
+    "PluginSet",
+    "load_plugins",
+    "refresh",
+]
 
 KINDS = ("provider", "orchestrator", "state_store", "observer")
 _HOOKS = {
@@ -60,6 +70,8 @@ KNOWN_DISTRIBUTIONS = {
     ("observer", "opentelemetry"): "amsha-observer-opentelemetry",
 }
 BUILTIN_PLUGIN = "amsha.builtins.plugin"
+#: Subcommands of ``amsha`` that the core itself defines; a plugin cannot take these names.
+BUILTIN_COMMANDS = ("plugins", "config", "run", "runs")
 
 
 @dataclass(slots=True)
@@ -94,14 +106,15 @@ class BackendEntry:
     version: str | None
     api: str
 
-    def validate_options(self, options: dict[str, Any], key: str) -> Any:
-        """Validate ``options`` against the backend's model; errors name ``key`` paths."""
+    def validate_options(self, options: dict[str, Any], key: str, *, source: str | None = None) -> Any:
+        """Validate ``options`` against the backend's model; errors name ``key`` paths and
+        the config file ``source`` they came from."""
         if self.options_model is None:
             return dict(options)
         try:
             return self.options_model.model_validate(options)
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err, prefix=key)) from None
+            raise ConfigError(format_validation_error(err, prefix=key), source=source) from None
 
     def resolve_factory(self) -> Callable[[BackendContext], Any]:
         if not isinstance(self.factory, str):
@@ -120,6 +133,29 @@ class BackendEntry:
 
 
 @dataclass(slots=True)
+class CommandEntry:
+    """One subcommand of ``amsha`` registered by a plugin (:func:`~amsha.hookspecs.amsha_register_commands`)."""
+
+    name: str
+    setup: Callable[[Any], Any] | str
+    help: str
+    plugin: str
+    distribution: str | None
+    version: str | None
+
+    def resolve_setup(self) -> Callable[[Any], Any]:
+        """The setup callable, imported first if it was given as ``"module:attr"``."""
+        if not isinstance(self.setup, str):
+            return self.setup
+        module_name, _, attr = self.setup.partition(":")
+        try:
+            setup: Callable[[Any], Any] = getattr(importlib.import_module(module_name), attr)
+        except Exception as exc:
+            raise PluginLoadError(self.plugin, self.distribution, self.version, exc) from exc
+        return setup
+
+
+@dataclass(slots=True)
 class PluginInfo:
     """A loaded (or failed) plugin, as ``amsha plugins`` shows it."""
 
@@ -132,6 +168,9 @@ class PluginInfo:
     builtin: bool = False
     registers: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
+    implements: list[str] = field(default_factory=list)
+    """The kinds whose registration hook the plugin implements (known even when its hooks
+    are not called, as for an incompatible plugin)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,6 +182,7 @@ class PluginInfo:
             "compatible": self.compatible,
             "builtin": self.builtin,
             "registers": [{"kind": k, "name": n} for k, n in self.registers],
+            "implements": list(self.implements),
             "error": self.error,
         }
 
@@ -154,17 +194,36 @@ class PluginSet:
         self.plugins: list[PluginInfo] = []
         self.backends: dict[str, dict[str, list[BackendEntry]]] = {k: {} for k in KINDS}
         self.errors: list[PluginLoadError] = []
+        self.commands: dict[str, list[CommandEntry]] = {}
+        """Subcommand name -> the plugins registering it (more than one is a conflict)."""
         self.manager = pluggy.PluginManager("amsha")
         self.manager.add_hookspecs(hookspecs)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.backends[kind])
 
-    def get(self, kind: str, name: str, *, key: str = "") -> BackendEntry:
+    def get(self, kind: str, name: str, *, key: str = "", source: str | None = None) -> BackendEntry:
         """The backend ``name`` of ``kind``, or a clear error: unknown (listing the installed
-        names and the distribution that provides it), duplicate, or incompatible."""
+        names and the distribution that provides it), duplicate, or incompatible (naming the
+        config ``key``, the config file ``source``, the plugin and both plugin API versions)."""
         entries = self.backends[kind].get(name)
         if not entries:
+            incompatible = [p for p in self.plugins if not p.compatible and kind in p.implements]
+            # Their hooks were never called, so which names they would register is unknown: a
+            # plugin whose entry point or distribution carries the name is taken to be it.
+            named = [p for p in incompatible if name in p.name or name in (p.distribution or "")]
+            if named:
+                info = named[0]
+                raise PluginVersionError(
+                    info.name,
+                    info.api,
+                    hookspecs.PLUGIN_API_VERSION,
+                    info.distribution,
+                    key=key,
+                    source=source,
+                    backend=f"{kind.replace('_', ' ')} {name!r}",
+                    version=info.version,
+                )
             hint = None
             dist = KNOWN_DISTRIBUTIONS.get((kind, name))
             if dist:
@@ -173,14 +232,27 @@ class PluginSet:
             if failed:
                 names = ", ".join(f"{e.name} ({type(e.error).__name__}: {e.error})" for e in failed)
                 hint = (hint + "; " if hint else "") + f"plugins that failed to load: {names}"
-            raise UnknownBackendError(kind.replace("_", " "), name, self.names(kind), hint=hint, key=key)
+            core = hookspecs.PLUGIN_API_VERSION
+            for info in incompatible:
+                shipped = " ".join(filter(None, (info.distribution, info.version)))
+                hint = (hint + "; " if hint else "") + (
+                    f"plugin {info.name!r}{f' ({shipped})' if shipped else ''} implements {kind.replace('_', ' ')}s but targets plugin API "
+                    f"{info.api} and this amsha-core speaks {core}, so it is not loaded (it may be the one providing "
+                    f"{name!r}): install a release of {info.distribution or info.name} built for plugin API "
+                    f"{core.split('.', maxsplit=1)[0]}.x"
+                )
+            raise UnknownBackendError(
+                kind.replace("_", " "), name, self.names(kind), hint=hint, key=key, source=source
+            )
         if len(entries) > 1:
             raise DuplicatePluginError(
                 kind.replace("_", " "), name, [f"{e.plugin} ({e.distribution or 'in code'})" for e in entries]
             )
         entry = entries[0]
         if entry.api.split(".")[0] != hookspecs.PLUGIN_API_VERSION.split(".")[0]:
-            raise PluginVersionError(entry.plugin, entry.api, hookspecs.PLUGIN_API_VERSION, entry.distribution)
+            raise PluginVersionError(
+                entry.plugin, entry.api, hookspecs.PLUGIN_API_VERSION, entry.distribution, key=key, source=source
+            )
         return entry
 
     def conflicts(self) -> list[DuplicatePluginError]:
@@ -189,7 +261,21 @@ class PluginSet:
             for name, entries in names.items():
                 if len(entries) > 1:
                     out.append(DuplicatePluginError(kind, name, [e.plugin for e in entries]))
+        for name, commands in self.commands.items():
+            owners = [c.plugin for c in commands]
+            if name in BUILTIN_COMMANDS:
+                owners.insert(0, "amsha (built-in command)")
+            if len(owners) > 1:
+                out.append(DuplicatePluginError("command", name, owners))
         return out
+
+    def command(self, name: str) -> CommandEntry | None:
+        """The plugin command ``name``, or None when no plugin registers it or the name is
+        contested (a built-in command's name, or registered by two plugins)."""
+        entries = self.commands.get(name, [])
+        if len(entries) != 1 or name in BUILTIN_COMMANDS:
+            return None
+        return entries[0]
 
     def add(
         self, plugin: object, *, name: str, distribution: str | None, version: str | None, builtin: bool = False
@@ -205,7 +291,18 @@ class PluginSet:
             compatible=api.split(".", maxsplit=1)[0] == hookspecs.PLUGIN_API_VERSION.split(".")[0],
             builtin=builtin,
         )
+        info.implements = [k for k, hook in _HOOKS.items() if callable(getattr(plugin, hook, None))]
         self.plugins.append(info)
+        if not info.compatible:
+            # Built for another major of the plugin API: its hooks are not called (their
+            # signatures may differ); a session selecting what it would provide is told why.
+            if os.environ.get("AMSHA_TRACE_PLUGINS"):
+                print(
+                    f"amsha: plugin {name} targets plugin API {api}, this core speaks "
+                    f"{hookspecs.PLUGIN_API_VERSION}: not registered",
+                    file=sys.stderr,
+                )
+            return
         try:
             if self.manager.is_registered(plugin):
                 info.error = "already registered"
@@ -248,6 +345,31 @@ class PluginSet:
                     self._fail(info, exc)
                     self._forget(name)
                     return
+        self._add_commands(plugin, info, trace)
+
+    def _add_commands(self, plugin: object, info: PluginInfo, trace: bool) -> None:
+        for impl in self.manager.hook.amsha_register_commands.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+
+            def register(cname: str, setup: Any, *, help: str = "") -> None:
+                if not isinstance(cname, str) or not cname or cname.startswith("-") or " " in cname:
+                    raise PluginError(f"plugin {info.name!r} registered a command with an invalid name {cname!r}")
+                if not (callable(setup) or (isinstance(setup, str) and ":" in setup)):
+                    raise PluginError(
+                        f"plugin {info.name!r}: command {cname!r} needs a setup callable or a 'module:attr' string"
+                    )
+                entry = CommandEntry(cname, setup, help, info.name, info.distribution, info.version)
+                self.commands.setdefault(cname, []).append(entry)
+                info.registers.append(("command", cname))
+                if trace:
+                    print(f"amsha: plugin {info.name} registers command {cname!r}", file=sys.stderr)
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:
+                self._fail(info, exc)
+                self._forget(info.name)
 
     def _fail(self, info: PluginInfo, exc: BaseException) -> None:
         err = PluginLoadError(info.name, info.distribution, info.version, exc)
@@ -260,6 +382,10 @@ class PluginSet:
                 names[bname] = [e for e in names[bname] if e.plugin != plugin_name]
                 if not names[bname]:
                     del names[bname]
+        for cname in list(self.commands):
+            self.commands[cname] = [c for c in self.commands[cname] if c.plugin != plugin_name]
+            if not self.commands[cname]:
+                del self.commands[cname]
         for info in self.plugins:
             if info.name == plugin_name:
                 info.registers.clear()

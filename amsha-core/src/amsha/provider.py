@@ -230,13 +230,25 @@ class LLMChunk:
 
 @dataclass(frozen=True, slots=True)
 class ProviderCapabilities:
-    """What a provider can do; the wrapper works around what it cannot."""
+    """What a provider can do; the wrapper works around what it cannot.
+
+    ``streaming``: ``stream``/``astream`` yield the answer as it arrives (False: the wrapper
+    serves a stream as one chunk). ``tools``: the provider passes ``LLMRequest.tools`` and
+    ``tool_choice`` to the model and returns its tool calls. ``structured_output``: it passes
+    ``response_format`` (a JSON schema) so the answer is JSON of that schema (False: the
+    wrapper asks for JSON in the prompt and validates). ``usage_in_stream``: the last chunk
+    of a stream carries the usage the API reported. ``usage_in_response``: ``generate`` and
+    ``agenerate`` return the usage the API reported. Without either, Amsha estimates (and
+    says so: ``Usage.estimated``). ``native_async``: the async twins are real async code,
+    not the sync ones run in a worker thread.
+    """
 
     streaming: bool = True
     tools: bool = False
     structured_output: bool = False
     usage_in_stream: bool = False
     native_async: bool = False
+    usage_in_response: bool = False
 
     def to_dict(self) -> dict[str, bool]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

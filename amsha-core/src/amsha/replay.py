@@ -47,7 +47,8 @@ class ReplayProvider:
                 started[event.span_id] = event
                 caps = event.data.get("capabilities")
                 if caps:
-                    self._caps.setdefault(str(event.data.get("llm", "default")), ProviderCapabilities(**caps))
+                    known = {k: v for k, v in caps.items() if k in ProviderCapabilities.__dataclass_fields__}
+                    self._caps.setdefault(str(event.data.get("llm", "default")), ProviderCapabilities(**known))
             elif event.kind == "llm.token":
                 tokens.setdefault(event.span_id, []).append(event.text)
             elif event.kind == "llm.finished" and not event.data.get("cancelled"):
@@ -61,7 +62,12 @@ class ReplayProvider:
                 self._order.append(exchange)
                 self._by_hash.setdefault(str(fingerprint.get("request_hash")), deque()).append(exchange)
         self.capabilities = ProviderCapabilities(
-            streaming=True, tools=True, structured_output=True, usage_in_stream=True, native_async=True
+            streaming=True,
+            tools=True,
+            structured_output=True,
+            usage_in_stream=True,
+            native_async=True,
+            usage_in_response=True,
         )
 
     def view(self, llm_name: str) -> ReplayProvider:

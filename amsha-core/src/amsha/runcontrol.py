@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -192,7 +193,7 @@ class OwnerLease:
         self.renewed_at = 0.0
         self.lost: LeaseLostError | None = None
         self._stopped = False
-        self._wake: asyncio.Event | None = None
+        self._wake: asyncio.Future[None] | None = None
 
     @property
     def owner_id(self) -> str:
@@ -213,14 +214,15 @@ class OwnerLease:
         is seen, ``on_lost(error)`` when the lease is gone, then returns."""
         cancelled = False
         renew_every = self.lease_s / 3
-        self._wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
         warned = False
         while not self._stopped:
             slept = time.monotonic()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.cancel_poll_s)
-            except TimeoutError:
-                pass
+            # A bare future and one timer per poll (cheaper than wait_for); stop() wakes it.
+            self._wake = wake = loop.create_future()
+            timer = loop.call_later(self.cancel_poll_s, _wake_up, wake)
+            await wake
+            timer.cancel()
             if self._stopped:
                 return
             held = time.monotonic() - slept - self.cancel_poll_s
@@ -259,7 +261,107 @@ class OwnerLease:
         flight completes first, so awaiting the watch task means the lease is no longer used."""
         self._stopped = True
         if self._wake is not None:
-            self._wake.set()
+            _wake_up(self._wake)
+
+
+def _wake_up(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+# ---- writing a run's events --------------------------------------------------------------
+
+TOKEN_FLUSH = 64
+"""A run's pending tokens are written at the latest when this many have gathered."""
+
+
+class EventWriter:
+    """Writes the events of the runs on one event loop to one store, batched.
+
+    Events gather for at most ``flush_s`` (``runs.event_flush_s``) and at most
+    :data:`TOKEN_FLUSH` per run, so a reader tailing the store sees them within that time; a
+    run writes what it has pending before its final record (:meth:`flush`). All the runs on
+    the loop share the write: one transaction (``append_events_batch``, when the store has
+    it) every ``flush_s`` however many runs stream at once, instead of one per run and event.
+    A run's events are written in order, and each run's writes stay fenced by its owner id.
+    """
+
+    def __init__(self, store: StateStore, loop: asyncio.AbstractEventLoop | None, flush_s: float) -> None:
+        self.store: Any = store
+        self.loop = loop
+        self.flush_s = flush_s
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._armed = False
+
+    def add(self, run_id: str, event: dict[str, Any], *, owner: str | None, on_lost: Callable[[LeaseLostError], object]) -> None:
+        """Queue ``event`` of ``run_id`` (``owner``: the lease holder, for fencing)."""
+        urgent = not self.flush_s or self.loop is None or event.get("kind") in TERMINAL_KINDS
+        with self._lock:
+            pending = self._pending.get(run_id)
+            if pending is None:
+                pending = self._pending[run_id] = _Pending(owner, [], on_lost)
+            pending.events.append(event)
+            full = len(pending.events) >= TOKEN_FLUSH
+            arm = not (urgent or full or self._armed)
+            if arm:
+                self._armed = True
+        if urgent or full:
+            self.flush()
+        elif arm:
+            assert self.loop is not None
+            try:
+                self.loop.call_soon_threadsafe(self.loop.call_later, self.flush_s, self._timed)
+            except RuntimeError:  # the loop has closed: write now
+                self.flush()
+
+    def _timed(self) -> None:
+        self._armed = False
+        self.flush()
+
+    def drop(self, run_id: str) -> None:
+        """Forget what ``run_id`` has pending (its lease is lost: nothing more is written)."""
+        with self._lock:
+            self._pending.pop(run_id, None)
+
+    def flush(self) -> None:
+        """Write everything pending, in one transaction when the store can."""
+        with self._write_lock:  # one flush at a time: each run's events stay in order
+            with self._lock:
+                batch, self._pending = self._pending, {}
+            if not batch:
+                return
+            for run_id, exc in self._write(batch).items():
+                batch[run_id].on_lost(exc)
+
+    def _write(self, batch: dict[str, _Pending]) -> dict[str, LeaseLostError]:
+        """Write ``batch``; returns the runs whose writes were refused (lease lost)."""
+        many = getattr(self.store, "append_events_batch", None)
+        if many is not None and len(batch) > 1:
+            try:
+                return dict(many([(run_id, p.events, p.owner) for run_id, p in batch.items()]))
+            except Exception as exc:  # all or nothing: write run by run, so one run's fault stays its own
+                log.debug("amsha: a batched event write failed (%s); writing run by run", exc)
+        refused: dict[str, LeaseLostError] = {}
+        for run_id, pending in batch.items():
+            try:
+                if pending.owner is not None:
+                    self.store.append_events(run_id, pending.events, owner=pending.owner)
+                else:
+                    self.store.append_events(run_id, pending.events)
+            except LeaseLostError as exc:
+                refused[run_id] = exc
+            except Exception:
+                log.exception("amsha: run %s: could not persist %d events", run_id, len(pending.events))
+        return refused
+
+
+@dataclass(slots=True)
+class _Pending:
+    owner: str | None
+    events: list[dict[str, Any]]
+    on_lost: Callable[[LeaseLostError], object]
 
 
 # ---- the reader's side --------------------------------------------------------------------

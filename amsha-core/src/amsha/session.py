@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -46,7 +47,7 @@ from .orchestrator import IOrchestrator, RunContext
 from .plugins import BackendContext, PluginSet, load_plugins
 from .provider import ILLMProvider
 from .registry import Registry
-from .runcontrol import OwnerLease, StoreRun
+from .runcontrol import EventWriter, OwnerLease, StoreRun
 from .state import (
     CancelOutcome,
     ExecutionState,
@@ -60,7 +61,6 @@ from .state import (
 __all__ = ["ExecutionSession", "run_spec"]
 
 log = logging.getLogger("amsha")
-TOKEN_FLUSH = 64
 
 
 class ExecutionSession:
@@ -91,6 +91,7 @@ class ExecutionSession:
         if base_dir is not None and not isinstance(config, str | os.PathLike):
             self.base_dir = Path(base_dir)
         self._source = config if isinstance(config, str | os.PathLike) else None
+        self._label = os.fspath(self._source) if self._source is not None else None
         self.plugins: PluginSet = load_plugins(plugins)
         self._extra_plugins = list(plugins)
         cfg = self.config
@@ -101,6 +102,7 @@ class ExecutionSession:
         self._providers: dict[str | None, LLM] = {}
         self._lock = threading.Lock()
         self._runs: dict[str, _Run] = {}
+        self._writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventWriter] = weakref.WeakKeyDictionary()
         self._closed = False
         # Validate every backend now: an unknown name or bad option fails at creation.
         self._llm_configs: dict[str | None, tuple[ProviderConfig, str]] = {None: (cfg.provider, "provider")}
@@ -138,20 +140,21 @@ class ExecutionSession:
     def _validate(
         self, kind: str, name: str, options: dict[str, Any], key: str, model: str | None = None
     ) -> BackendContext:
-        entry = self.plugins.get(kind, name, key=f"{key}.name")
-        validated = entry.validate_options(options, f"{key}.options")
+        entry = self.plugins.get(kind, name, key=f"{key}.name", source=self._label)
+        validated = entry.validate_options(options, f"{key}.options", source=self._label)
         return BackendContext(kind, name, validated, self.config, self.base_dir, model, key)
 
     def _build(self, kind: str, name: str, options: dict[str, Any], key: str) -> Any:
         ctx = self._validate(kind, name, options, key)
-        entry = self.plugins.get(kind, name, key=f"{key}.name")
+        entry = self.plugins.get(kind, name, key=f"{key}.name", source=self._label)
         try:
             return entry.build(ctx)
         except AmshaError:
             raise
         except Exception as exc:
             raise ConfigError(
-                [(key, f"{kind.replace('_', ' ')} {name!r} could not be built: {type(exc).__name__}: {exc}")]
+                [(key, f"{kind.replace('_', ' ')} {name!r} could not be built: {type(exc).__name__}: {exc}")],
+                source=self._label,
             ) from exc
 
     @property
@@ -173,7 +176,7 @@ class ExecutionSession:
             if llm is None:
                 pcfg, key = self._llm_configs[name]
                 ctx = self._provider_specs[name]
-                entry = self.plugins.get("provider", pcfg.name, key=f"{key}.name")
+                entry = self.plugins.get("provider", pcfg.name, key=f"{key}.name", source=self._label)
                 provider: ILLMProvider = entry.build(ctx)
                 # The config's own retry section for this LLM wins, then the provider's declared
                 # policy (its options), then the top-level ``retry``.
@@ -304,6 +307,16 @@ class ExecutionSession:
             else:
                 run.future = executor.submit(asyncio.run, run.execute())
         return self._handle(run, detach)
+
+    def _writer(self, loop: asyncio.AbstractEventLoop | None) -> EventWriter:
+        """The event writer of the runs on ``loop`` (one per loop: its timer runs there)."""
+        with self._lock:
+            writer = self._writers.get(loop) if loop is not None else None
+            if writer is None:
+                writer = EventWriter(self.store, loop, self.config.runs.event_flush_s)
+                if loop is not None:
+                    self._writers[loop] = writer
+            return writer
 
     def _start_record(self, run: _Run) -> None:
         self._start(run, run.start_record)
@@ -534,10 +547,8 @@ class _Run:
             replay_of=replay_of,
         )
         self.log = RunEventLog(run_id, [self.collector])
-        self._pending: list[dict[str, Any]] = []
-        self._flush_lock = threading.Lock()
-        self._flush_armed = False
-        self._flush_s = session.config.runs.event_flush_s
+        self.writer: EventWriter | None = None
+        """Writes this run's events to the store (shared by the runs on its loop)."""
         self.links = _run_links(session.observers, run_id)
         """What observers captured in the caller's thread when the run was started (e.g. a
         W3C ``traceparent``), carried on the ``run.started`` event."""
@@ -549,38 +560,21 @@ class _Run:
     # ---- sinks --------------------------------------------------------------------------
 
     def _persist(self, event: Event) -> None:
-        # Tokens are written in batches: at most TOKEN_FLUSH of them, and none waits longer
-        # than runs.event_flush_s (a reader in another process tails the store).
-        with self._flush_lock:
-            self._pending.append(event.to_dict())
-            due = event.kind != "llm.token" or len(self._pending) >= TOKEN_FLUSH or not self._flush_s
-            if not due and not self._flush_armed and self.loop is not None:
-                self._flush_armed = True
-                self.loop.call_soon_threadsafe(self.loop.call_later, self._flush_s, self._timed_flush)
-        if due:
-            self.flush()
-
-    def _timed_flush(self) -> None:
-        self._flush_armed = False
-        self.flush()
+        writer = self.writer
+        if writer is None:  # an event before the run's loop is known (none in practice)
+            writer = self.writer = self.session._writer(None)
+        if self.lost is None:
+            writer.add(
+                self.run_id,
+                event.to_dict(),
+                owner=self.lease.owner_id if self.lease is not None else None,
+                on_lost=self._lose,
+            )
 
     def flush(self) -> None:
         """Write the pending events to the store, in order (fenced by the lease, if held)."""
-        with self._flush_lock:
-            if not self._pending or self.lost is not None:
-                return
-            batch, self._pending = self._pending, []
-            try:
-                if self.lease is not None:
-                    cast(RunControlStore, self.session.store).append_events(
-                        self.run_id, batch, owner=self.lease.owner_id
-                    )
-                else:
-                    self.session.store.append_events(self.run_id, batch)
-            except LeaseLostError as exc:
-                self._lose(exc)
-            except Exception:
-                log.exception("amsha: run %s: could not persist %d events", self.run_id, len(batch))
+        if self.writer is not None:
+            self.writer.flush()
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -655,6 +649,7 @@ class _Run:
 
     async def _execute(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.writer = self.session._writer(self.loop)
         if self.task is None:
             self.task = asyncio.current_task()
         ctx = RunContext(
@@ -771,8 +766,8 @@ class _Run:
             "owner": self.lease.owner.to_dict(),
             "heartbeat_at": None,
         }
-        with self._flush_lock:
-            self._pending = []
+        if self.writer is not None:
+            self.writer.drop(self.run_id)
         self.log.close()
 
     def _end(self, status: str, kind: str, data: dict[str, Any]) -> None:
@@ -923,7 +918,7 @@ def _worker_session(config: dict[str, Any], base_dir: str) -> ExecutionSession:
     global _WORKER_PID
     key = json.dumps([config, base_dir], sort_keys=True)
     with _WORKER_LOCK:
-        if _WORKER_PID != os.getpid():
+        if os.getpid() != _WORKER_PID:
             _WORKER_SESSIONS.clear()  # a forked child: the parent's sessions are not its own
             if _WORKER_PID is None:
                 atexit.register(_close_worker_sessions)

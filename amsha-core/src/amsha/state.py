@@ -29,11 +29,16 @@ __all__ = [
     "RunControl",
     "RunControlStore",
     "RunOwner",
+    "RunPage",
+    "RunPageStore",
     "RunRecord",
     "RunStatus",
     "StateSnapshot",
     "StateStore",
     "check_json",
+    "page_of_runs",
+    "run_matches",
+    "run_search_text",
     "supports_run_control",
 ]
 
@@ -407,6 +412,11 @@ class RunControlStore(StateStore, Protocol):
     enough (a local index lookup that writers never block) for the owner to call it from its
     event loop every ``cancel_poll_s`` without a thread hop.
 
+    Optional: ``append_events_batch([(run_id, events, owner), ...]) -> {run_id:
+    LeaseLostError}`` appends the events of several runs in one transaction (each run fenced
+    by its owner; the refused runs are returned, the others written). The runs of one event
+    loop then share one write every ``runs.event_flush_s``, however many stream at once.
+
     Optional: ``wait_for_events(run_id, from_seq, timeout_s) -> list[dict]`` blocks until
     the run has events with ``seq >= from_seq`` (returning them) or ``timeout_s`` passes
     (returning ``[]``). A store with notifications (PostgreSQL's LISTEN/NOTIFY) implements
@@ -480,3 +490,99 @@ RUN_CONTROL_METHODS = ("claim_run", "renew_lease", "read_control", "request_canc
 def supports_run_control(store: object) -> bool:
     """True when ``store`` implements :class:`RunControlStore` (plugin API 1.1)."""
     return all(callable(getattr(store, name, None)) for name in RUN_CONTROL_METHODS)
+
+
+# ---- Optional: a page of runs, filtered by the store (for run browsers such as amsha-ui) ----
+
+
+@dataclass(slots=True)
+class RunPage:
+    """One page of runs, newest first, and the cursor of the next (older) page."""
+
+    runs: list[RunRecord]
+    next_before: str | None = None
+    """Pass as ``before`` to get the next page; None when this page is the last."""
+
+
+@runtime_checkable
+class RunPageStore(Protocol):
+    """Optional store capability: :meth:`list_runs_page`, so that a run browser lists ten
+    thousand runs a page at a time without reading them all. Built-in ``memory`` and
+    ``file`` stores and ``sqlite`` have it; for a store without it, :func:`page_of_runs`
+    over ``list_runs`` gives the same answer, slower."""
+
+    def list_runs_page(
+        self, limit: int, *, before: str | None = None, status: str | None = None, text: str | None = None
+    ) -> RunPage:
+        """At most ``limit`` runs, newest first (``created_at``, then a store-defined tie
+        break), older than the cursor ``before`` (an opaque string a previous page returned).
+
+        Records are returned as readers see them (:meth:`RunRecord.observed`: an expired
+        lease reads LOST). ``status`` keeps only runs with that observed status (``LOST``
+        included; ``RUNNING`` then excludes lost runs). ``text`` keeps only runs whose
+        :func:`run_search_text` contains it, case-insensitively.
+        """
+        ...
+
+
+def run_search_text(record: RunRecord) -> str:
+    """What a text filter over runs searches, lower-cased: the run id, status, mode, task
+    names, inputs, the replayed run's id, and the error's type and message."""
+    error = record.error or {}
+    parts = [
+        record.run_id,
+        record.status,
+        record.mode,
+        " ".join(record.tasks),
+        json.dumps(record.inputs, ensure_ascii=False, default=str) if record.inputs else "",
+        record.replay_of or "",
+        str(error.get("type") or ""),
+        str(error.get("message") or ""),
+    ]
+    return "\n".join(parts).lower()
+
+
+def run_matches(record: RunRecord, status: str | None = None, text: str | None = None) -> bool:
+    """True when an (observed) record passes the filters of :meth:`RunPageStore.list_runs_page`."""
+    if status and record.status != status:
+        return False
+    return not text or text.lower() in run_search_text(record)
+
+
+def _cursor(record: RunRecord) -> str:
+    return f"{float(record.created_at)!r}|{record.run_id}"
+
+
+def page_of_runs(
+    records: Sequence[RunRecord],
+    limit: int,
+    *,
+    before: str | None = None,
+    status: str | None = None,
+    text: str | None = None,
+    now: float | None = None,
+) -> RunPage:
+    """:meth:`RunPageStore.list_runs_page` over records already in memory (any order): the
+    built-in stores use it, and a reader uses it over ``list_runs`` for a store without the
+    capability. The cursor is ``"created_at|run_id"``; ties on ``created_at`` break on the
+    run id, descending."""
+    if limit < 1:
+        raise StateError(f"list_runs_page: limit must be at least 1, got {limit}")
+    now = time.time() if now is None else now
+    ordered = sorted(records, key=lambda r: (float(r.created_at), r.run_id), reverse=True)
+    if before:
+        at, _, run_id = before.partition("|")
+        try:
+            key = (float(at), run_id)
+        except ValueError:
+            raise StateError(f"list_runs_page: {before!r} is not a cursor this store returned") from None
+        ordered = [r for r in ordered if (float(r.created_at), r.run_id) < key]
+    out: list[RunRecord] = []
+    for record in ordered:
+        seen = record.observed(now)
+        if not run_matches(seen, status, text):
+            continue
+        if len(out) == limit:
+            return RunPage(out, _cursor(out[-1]))
+        out.append(seen)
+    return RunPage(out, None)

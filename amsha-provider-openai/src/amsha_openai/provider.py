@@ -101,6 +101,7 @@ class OpenAIProvider:
             tools=True,
             structured_output=True,
             usage_in_stream=options.include_usage,
+            usage_in_response=True,
             native_async=True,
         )
         if options.max_retries is not None:

@@ -67,7 +67,17 @@ from amsha.errors import (
 from amsha.plugins import BackendContext
 from amsha.runcontrol import ENDED, cancel_outcome, cancelled_before_start, check_claim, check_fence, record_body
 from amsha.secrets import redact_obj
-from amsha.state import CancelOutcome, RunControl, RunOwner, RunRecord, StateSnapshot, check_json
+from amsha.state import (
+    CancelOutcome,
+    RunControl,
+    RunOwner,
+    RunPage,
+    RunRecord,
+    RunStatus,
+    StateSnapshot,
+    check_json,
+    run_matches,
+)
 
 __all__ = ["MAX_DEPTH", "SCHEMA_VERSION", "SqliteStore", "build"]
 
@@ -156,6 +166,10 @@ _SCHEMA_V4 = _SCHEMA_V3 + _RUN_CONTROL
 _RUN_SQL = (
     "SELECT r.body, c.owner, c.heartbeat_at, c.lease_expires_at, c.cancel_request FROM runs r "
     "LEFT JOIN run_control c ON c.run_id = r.run_id"
+)
+_READ_CONTROL_SQL = (
+    "SELECT r.status, c.owner, c.heartbeat_at, c.lease_expires_at, c.cancel_request FROM runs r "
+    "LEFT JOIN run_control c ON c.run_id = r.run_id WHERE r.run_id = ?"
 )
 _CONTROL_SQL = "SELECT owner, heartbeat_at, lease_expires_at, cancel_request FROM run_control WHERE run_id = ?"
 
@@ -855,10 +869,22 @@ class SqliteStore:
         return control
 
     def read_control(self, run_id: str) -> RunControl:
-        """The run's status and control fields, in one short read."""
-        with self._read(f"read_control({run_id!r})") as conn:
-            status = self._existing(conn, run_id)
-            return self._control(conn, run_id, status) or RunControl(run_id, status)
+        """The run's status and control fields, in one statement (a consistent read)."""
+        try:
+            row = self._conn().execute(_READ_CONTROL_SQL, (run_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(f"read_control({run_id!r})", exc) from None
+        if row is None:
+            raise RunNotFoundError(f"no run {run_id!r} in {self.path}")
+        status, owner, heartbeat_at, lease_expires_at, cancel_request = row
+        return RunControl(
+            run_id,
+            str(status),
+            _decode(owner) if owner is not None else None,
+            heartbeat_at,
+            lease_expires_at,
+            _decode(cancel_request) if cancel_request is not None else None,
+        )
 
     def request_cancel(self, run_id: str, reason: str) -> str:
         """Ask the run to stop (see :class:`~amsha.RunControlStore`); a :class:`~amsha.CancelOutcome` value."""
@@ -879,6 +905,61 @@ class SqliteStore:
                     (run_id, request),
                 )
         return outcome
+
+    def list_runs_page(
+        self, limit: int, *, before: str | None = None, status: str | None = None, text: str | None = None
+    ) -> RunPage:
+        """A page of runs, newest first, filtered (:class:`~amsha.state.RunPageStore`).
+
+        Walks the ``created_at`` index from the cursor (``"created_at|rowid"``), a batch at a
+        time, decoding only the rows the filters keep: the status is matched in SQL (LOST is a
+        PENDING or RUNNING row whose lease expired, checked on the decoded record), and text
+        made of plain ASCII is looked for in the row's JSON first, then matched exactly."""
+        if limit < 1:
+            raise StateError(f"list_runs_page: limit must be at least 1, got {limit}")
+        at, rowid = float("inf"), 0
+        if before:
+            head, _, tail = before.partition("|")
+            try:
+                at, rowid = float(head), int(tail)
+            except ValueError:
+                raise StateError(f"list_runs_page: {before!r} is not a cursor this store returned") from None
+        where, args = [], []
+        if status:
+            stored = RunStatus.ACTIVE if status in (RunStatus.LOST, RunStatus.RUNNING) else {status}
+            where.append(f"r.status IN ({', '.join('?' * len(stored))})")
+            args.extend(sorted(stored))
+        needle = (text or "").lower()
+        if needle and needle.isascii() and needle.isprintable() and '"' not in needle and "\\" not in needle:
+            where.append("instr(lower(CAST(r.body AS TEXT)), ?) > 0")
+            args.append(needle)
+        sql = (
+            "SELECT r.rowid, r.created_at, r.body, c.owner, c.heartbeat_at, c.lease_expires_at, c.cancel_request "
+            "FROM runs r LEFT JOIN run_control c ON c.run_id = r.run_id "
+            "WHERE (r.created_at < ? OR (r.created_at = ? AND r.rowid < ?))"
+            + "".join(f" AND {w}" for w in where)
+            + " ORDER BY r.created_at DESC, r.rowid DESC LIMIT ?"
+        )
+        batch = max(2 * limit, 64)
+        now = time.time()
+        out: list[RunRecord] = []
+        last: tuple[float, int] | None = None
+        while True:
+            with self._read("list_runs_page") as conn:
+                rows = conn.execute(sql, (at, at, rowid, *args, batch)).fetchall()
+            for row in rows:
+                row_id, created_at = row[0], row[1]
+                at, rowid = created_at, row_id
+                record = self._record(row[2:]).observed(now)
+                if not run_matches(record, status, text):
+                    continue
+                if len(out) == limit:
+                    assert last is not None
+                    return RunPage(out, f"{last[0]!r}|{last[1]}")
+                out.append(record)
+                last = (created_at, row_id)
+            if len(rows) < batch:
+                return RunPage(out, None)
 
     # ---- events -----------------------------------------------------------------------------
 
@@ -907,6 +988,35 @@ class SqliteStore:
                     f"events are append-only, nothing of this batch was written"
                 ) from None
             raise
+
+    def append_events_batch(
+        self, batches: Sequence[tuple[str, Sequence[dict[str, Any]], str | None]]
+    ) -> dict[str, LeaseLostError]:
+        """Append the events of several runs (``(run_id, events, owner)``) in one transaction,
+        each run's fenced by its owner as :meth:`append_events` does. Returns the runs whose
+        owner no longer holds the lease (their events are not written, the others' are); an
+        overlap with stored events raises :class:`~amsha.errors.StateError` and nothing of the
+        batch is written."""
+        prepared = []
+        for run_id, events, owner in batches:
+            rows = []
+            for event in events:
+                seq = event.get("seq")
+                if not isinstance(seq, int):
+                    raise StateError(f"run {run_id!r}: an event without an integer 'seq' cannot be stored")
+                rows.append((run_id, seq, _encode(redact_obj(event))))
+            prepared.append((run_id, rows, owner))
+        refused: dict[str, LeaseLostError] = {}
+        with self._write(f"append_events_batch({len(prepared)} runs)") as conn:
+            for run_id, rows, owner in prepared:
+                if owner is not None:
+                    try:
+                        self._fence(conn, run_id, owner)
+                    except LeaseLostError as exc:
+                        refused[run_id] = exc
+                        continue
+                conn.executemany("INSERT INTO events (run_id, seq, body) VALUES (?, ?, ?)", rows)
+        return refused
 
     def read_events(self, run_id: str, from_seq: int = 0) -> list[dict[str, Any]]:
         """The run's events with ``seq >= from_seq``, in order."""

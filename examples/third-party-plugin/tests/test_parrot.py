@@ -28,8 +28,20 @@ class TestParrotContract(ProviderContract):
         return True
 
     @pytest.fixture
+    def other_model(self) -> str:
+        return "parrot-2"
+
+    @pytest.fixture
     def failing_provider(self) -> Callable[[str], ParrotProvider]:
         return lambda kind: ParrotProvider(ParrotOptions(fail_with=kind))
+
+    @pytest.fixture
+    def peer_provider(self) -> None:
+        return None  # parrot answers in process: it speaks no HTTP
+
+    @pytest.fixture
+    def api_key_env(self) -> None:
+        return None  # and takes no key
 
 
 def test_discovered_through_its_entry_point() -> None:

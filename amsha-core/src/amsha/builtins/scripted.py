@@ -134,6 +134,7 @@ class ScriptedProvider:
             tools=options.tools,
             structured_output=options.structured_output,
             usage_in_stream=options.report_usage,
+            usage_in_response=options.report_usage,
             native_async=True,
         )
 
@@ -161,6 +162,15 @@ class ScriptedProvider:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "") or ""
         text = self.options.default if self.options.default is not None else f"[scripted] {last_user[:200]}"
         return ScriptedResponse(text=text), failure
+
+    @staticmethod
+    def _text(request: LLMRequest, rule: ScriptedResponse) -> str:
+        """The rule's text, cut before the first stop sequence of the request (as an API does)."""
+        text = rule.text
+        for stop in request.stop or ():
+            if stop and stop in text:
+                text = text[: text.index(stop)]
+        return text
 
     def _raise(self, failure: Failure) -> None:
         if failure.kind == "stream_interrupt":
@@ -199,14 +209,15 @@ class ScriptedProvider:
     def _complete(self, request: LLMRequest, rule: ScriptedResponse, failure: Failure | None) -> LLMResponse:
         if failure is not None and failure.kind != "stream_interrupt":
             self._raise(failure)
-        tokens = _TOKENS.findall(rule.text)
+        text = self._text(request, rule)
+        tokens = _TOKENS.findall(text)
         calls = self._tool_calls(rule)
         return LLMResponse(
-            text=rule.text,
+            text=text,
             tool_calls=calls,
             finish_reason="tool_calls" if calls else "stop",
             usage=self._usage(request, len(tokens)),
-            model=self.model,
+            model=request.model or self.model,
         )
 
     def stream(self, request: LLMRequest) -> Iterator[LLMChunk]:
@@ -216,7 +227,7 @@ class ScriptedProvider:
             time.sleep(opts.first_token_delay_s)
         if failure is not None and failure.kind != "stream_interrupt":
             self._raise(failure)
-        tokens = _TOKENS.findall(rule.text)
+        tokens = _TOKENS.findall(self._text(request, rule))
         for i, token in enumerate(tokens):
             if failure is not None and i == failure.after_tokens:
                 self._raise(failure)
@@ -234,7 +245,7 @@ class ScriptedProvider:
             tool_calls=deltas,
             finish_reason="tool_calls" if calls else "stop",
             usage=self._usage(request, n),
-            model=self.model,
+            model=request.model or self.model,
         )
 
     # ---- async ----------------------------------------------------------------------------
@@ -252,7 +263,7 @@ class ScriptedProvider:
             await asyncio.sleep(opts.first_token_delay_s)
         if failure is not None and failure.kind != "stream_interrupt":
             self._raise(failure)
-        tokens = _TOKENS.findall(rule.text)
+        tokens = _TOKENS.findall(self._text(request, rule))
         for i, token in enumerate(tokens):
             if failure is not None and i == failure.after_tokens:
                 self._raise(failure)

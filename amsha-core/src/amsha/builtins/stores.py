@@ -38,7 +38,16 @@ from ..runcontrol import (
     with_control,
 )
 from ..secrets import redact_obj
-from ..state import CancelOutcome, RunControl, RunOwner, RunRecord, StateSnapshot
+from ..state import (
+    CancelOutcome,
+    RunControl,
+    RunOwner,
+    RunPage,
+    RunRecord,
+    StateSnapshot,
+    check_json,
+    page_of_runs,
+)
 
 __all__ = ["FileStore", "FileStoreOptions", "MemoryStore"]
 
@@ -73,6 +82,7 @@ class MemoryStore:
         reason: str = "",
         owner: str | None = None,
     ) -> int:
+        check_json("data", data)
         data = copy.deepcopy(redact_obj(data))
         with self._lock:
             self._fence(run_id, owner)
@@ -107,6 +117,7 @@ class MemoryStore:
             ]
 
     def put_run(self, record: RunRecord, *, owner: str | None = None) -> None:
+        check_json("record", record.to_dict())
         with self._lock:
             self._fence(record.run_id, owner)
             self._runs[record.run_id] = _body(record)
@@ -126,6 +137,16 @@ class MemoryStore:
         with self._lock:
             records = sorted(self._runs.values(), key=lambda r: r.created_at, reverse=True)[:limit]
             return [self._out(r) for r in records]
+
+    def list_runs_page(
+        self, limit: int, *, before: str | None = None, status: str | None = None, text: str | None = None
+    ) -> RunPage:
+        """A page of runs, newest first, filtered (:class:`~amsha.state.RunPageStore`)."""
+        with self._lock:
+            records = [with_control(copy.copy(r), self._control.get(r.run_id)) for r in self._runs.values()]
+        page = page_of_runs(records, limit, before=before, status=status, text=text)
+        page.runs = [RunRecord.from_dict(copy.deepcopy(r.to_dict())) for r in page.runs]
+        return page
 
     def claim_run(self, record: RunRecord, owner: RunOwner, lease_s: float) -> RunControl:
         with self._lock:
@@ -185,13 +206,22 @@ class MemoryStore:
             return outcome
 
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]], *, owner: str | None = None) -> None:
+        # Copied in (through JSON, which also refuses NaN and infinity) and out: a caller
+        # changing an event dict later must not change the log.
+        try:
+            copies = json.loads(json.dumps(list(events), allow_nan=False))
+        except (TypeError, ValueError):
+            for i, event in enumerate(events):
+                check_json(f"events[{i}]", event)  # raises NonJSONValueError naming the key
+            raise
         with self._lock:
             self._fence(run_id, owner)
-            self._events.setdefault(run_id, []).extend(copy.deepcopy(list(events)))
+            self._events.setdefault(run_id, []).extend(copies)
 
     def read_events(self, run_id: str, from_seq: int = 0) -> list[dict[str, Any]]:
         with self._lock:
-            return [copy.deepcopy(e) for e in self._events.get(run_id, []) if e["seq"] >= from_seq]
+            found = [e for e in self._events.get(run_id, []) if e["seq"] >= from_seq]
+        return copy.deepcopy(found)
 
     def delete_run(self, run_id: str) -> None:
         with self._lock:
@@ -368,6 +398,7 @@ class FileStore:
         if expected_version != latest:
             raise VersionConflictError(state_id, expected_version, latest)
         new = latest + 1
+        check_json("data", data)
         body = json.dumps(
             {
                 "state_id": state_id,
@@ -421,6 +452,8 @@ class FileStore:
     def _put_body(self, record: RunRecord) -> None:
         path = self.root / "runs" / f"{self._safe(record.run_id)}.json"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        data = record.to_dict()
+        check_json("record", data)
         tmp.write_text(json.dumps(redact_obj(_body(record).to_dict()), ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, path)
 
@@ -442,9 +475,53 @@ class FileStore:
         records.sort(key=lambda r: r.created_at, reverse=True)
         return [with_control(r, self._read_control(r.run_id)) for r in records[:limit]]
 
+    def list_runs_page(
+        self, limit: int, *, before: str | None = None, status: str | None = None, text: str | None = None
+    ) -> RunPage:
+        """A page of runs, newest first, filtered (:class:`~amsha.state.RunPageStore`).
+
+        Every record and control file is looked at (``stat``), but one is parsed again only
+        when it changed since this store object last read it, so a browser refreshing its
+        page of ten thousand runs reads only what changed."""
+        cache: dict[str, tuple[tuple[int, int, int], Any]] = self.__dict__.setdefault("_page_cache", {})
+        records: dict[str, RunRecord] = {}
+        controls: dict[str, RunControl] = {}
+        seen: set[str] = set()
+        with os.scandir(self.root / "runs") as entries:
+            for entry in entries:
+                name = entry.name
+                is_record = name.endswith(".json")
+                if name.startswith(".") or not (is_record or name.endswith(".ctl")):
+                    continue
+                try:
+                    st = entry.stat()
+                    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a replaced file is a new file
+                    hit = cache.get(name)
+                    if hit is None or hit[0] != stamp:
+                        with open(entry.path, encoding="utf-8") as fh:
+                            doc = json.load(fh)
+                        value: Any = RunRecord.from_dict(doc) if is_record else RunControl(**doc)
+                        hit = (stamp, value)
+                        cache[name] = hit
+                except (OSError, ValueError, TypeError):
+                    continue
+                seen.add(name)
+                if is_record:
+                    records[name[: -len(".json")]] = hit[1]
+                else:
+                    controls[name[: -len(".ctl")]] = hit[1]
+        for gone in set(cache) - seen:
+            cache.pop(gone, None)
+        merged = [with_control(copy.copy(r), controls.get(run_id)) for run_id, r in records.items()]
+        page = page_of_runs(merged, limit, before=before, status=status, text=text)
+        page.runs = [RunRecord.from_dict(copy.deepcopy(r.to_dict())) for r in page.runs]
+        return page
+
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]], *, owner: str | None = None) -> None:
         if not events:
             return
+        for i, event in enumerate(events):
+            check_json(f"events[{i}]", event)
         blob = "".join(json.dumps(redact_obj(e), ensure_ascii=False) + "\n" for e in events)
         path = self.root / "events" / f"{self._safe(run_id)}.jsonl"
         with self._fence(run_id, owner), self._lock, open(path, "a", encoding="utf-8") as fh:

@@ -23,3 +23,14 @@ def amsha_session_factory() -> Iterator[Any]:
     yield make
     for session in sessions:
         session.close()
+
+
+@pytest.fixture
+def http_peer() -> Iterator[Any]:
+    """A started :class:`~amsha.testing.HTTPPeer` on 127.0.0.1 (a free port), stopped at
+    the end of the test. Script it with ``http_peer.script(PeerReply(...))`` or give it a
+    ``responder``; point the client under test at ``http_peer.url``."""
+    from amsha.testing.peer import HTTPPeer
+
+    with HTTPPeer() as peer:
+        yield peer

@@ -472,6 +472,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(reply.status, {"error": reply.error or {"message": f"error {reply.status}"}}, headers)
 
     def _answer_text(self, reply: Reply, body: dict[str, Any]) -> str:
+        return _cut_at_stop(self._full_text(reply, body), body.get("stop"))
+
+    def _full_text(self, reply: Reply, body: dict[str, Any]) -> str:
         if reply.text is not None:
             return reply.text
         if reply.chunks is not None:
@@ -551,7 +554,8 @@ class _Handler(BaseHTTPRequestHandler):
         delay = reply.chunk_delay_s if reply.chunk_delay_s is not None else app.chunk_delay_s
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         text = self._answer_text(reply, body)
-        pieces = reply.chunks if reply.chunks is not None else _WORDS.findall(text)
+        whole = reply.chunks is not None and "".join(reply.chunks) == text
+        pieces = reply.chunks if whole and reply.chunks is not None else _WORDS.findall(text)
         calls = self._tool_calls(reply)
         base = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
@@ -642,6 +646,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._outcome(record, "error")
         self._event({"error": error})
         self._chunk(b"")
+
+
+def _cut_at_stop(text: str, stop: Any) -> str:
+    """``text`` ending before the first of the request's stop sequences, as the API does."""
+    for sequence in [stop] if isinstance(stop, str) else stop or []:
+        if sequence and sequence in text:
+            text = text[: text.index(sequence)]
+    return text
 
 
 def _content_text(content: Any) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from amsha import hookimpl
 from pydantic import BaseModel, ConfigDict, Field
 
-AMSHA_PLUGIN_API = "1.0"
+AMSHA_PLUGIN_API = "1.1"
 
 
 class ParrotOptions(BaseModel):
@@ -19,7 +19,9 @@ class ParrotOptions(BaseModel):
     prefix: str = Field("", description="text put before every answer")
     word_delay_s: float = Field(0.0, ge=0, description="pause between streamed words")
     fail_with: str | None = Field(
-        None, description="simulate a failure: rate_limit, server, auth, not_found, bad_request"
+        None,
+        description="simulate a failure: rate_limit, server, timeout, connection, auth, permission, not_found, "
+        "bad_request, or stream_interrupt (a stream that breaks after its first word)",
     )
 
 

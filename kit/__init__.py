@@ -1,0 +1,1 @@
+"""The contract kit's self-test: reference plugins, planted bugs and the mutation harness."""
