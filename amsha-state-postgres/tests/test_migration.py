@@ -35,11 +35,11 @@ def test_a_new_database_runs_every_step_from_layout_0(pg_server: PostgresServer)
     dsn = pg_server.create_database("fresh_db")
     store = PostgresStore(dsn, schema="amsha")
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 1
+        assert store.schema_version() == SCHEMA_VERSION == 2
         with store._get_pool().connection() as conn:
             names = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'amsha'")}
             assert names == {"amsha_schema", "state_versions", "runs", "events"}
-            assert conn.execute("SELECT version FROM amsha.amsha_schema").fetchall() == [(1,)]
+            assert conn.execute("SELECT version FROM amsha.amsha_schema").fetchall() == [(2,)]
         assert store.put_state("s", {"a": 1}, expected_version=0) == 1
     finally:
         store.close()
@@ -51,7 +51,7 @@ def test_an_existing_empty_schema_gets_the_tables(pg_server: PostgresServer, sch
     with pg_server.admin() as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     store = PostgresStore(pg_server.dsn(), schema=schema)
-    assert store.schema_version() == 1 and set(tables(pg_server, schema)) == {
+    assert store.schema_version() == 2 and set(tables(pg_server, schema)) == {
         "amsha_schema",
         "state_versions",
         "runs",
@@ -79,7 +79,7 @@ def test_processes_opening_one_new_schema_create_it_once(pg_server: PostgresServ
     results = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(30)
-    assert results == [("ok", 1)] * n
+    assert results == [("ok", 2)] * n
     with pg_server.admin() as conn:
         assert conn.execute(f'SELECT count(*) FROM "{schema}".amsha_schema').fetchone()[0] == 1
 
@@ -97,39 +97,62 @@ def test_a_newer_layout_is_refused_and_left_alone(pg_server: PostgresServer, sch
         assert conn.execute(f'SELECT version FROM "{schema}".amsha_schema').fetchone()[0] == 7
 
 
-def _to_2(conn: Any, schema: str) -> None:
+def _to_3(conn: Any, schema: str) -> None:
     conn.execute(f'ALTER TABLE "{schema}".runs ADD COLUMN labels text')
     conn.execute(f"UPDATE \"{schema}\".runs SET labels = 'migrated'")
 
 
-def _to_2_broken(conn: Any, schema: str) -> None:
+def _to_3_broken(conn: Any, schema: str) -> None:
     conn.execute(f'ALTER TABLE "{schema}".runs ADD COLUMN labels text')
     conn.execute(f'SELECT no_such_column FROM "{schema}".runs')
 
 
 @pytest.fixture
-def layout_2(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[Any, str], None]], None]:
-    """A release whose layout is 2: a step from layout 1 registered, the target raised."""
+def layout_3(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[Any, str], None]], None]:
+    """A release whose layout is 3: a step from layout 2 registered, the target raised."""
 
     def install(step: Callable[[Any, str], None]) -> None:
-        monkeypatch.setitem(_migrate.MIGRATIONS, 1, step)
-        monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+        monkeypatch.setitem(_migrate.MIGRATIONS, 2, step)
+        monkeypatch.setattr(store_module, "SCHEMA_VERSION", 3)
 
     return install
 
 
+def test_layout_1_is_migrated_to_2_keeping_its_data(pg_server: PostgresServer, schema: str) -> None:
+    from amsha.state import RunRecord
+
+    with pg_server.admin() as conn, conn.transaction():
+        _migrate.migrate(conn, schema, 0, 1)  # what release 0.1.0's first layout wrote
+        conn.execute(
+            f'INSERT INTO "{schema}".runs (run_id, created_at, status, body) VALUES '
+            '(\'old\', 1.0, \'SUCCEEDED\', \'{"run_id": "old", "status": "SUCCEEDED"}\')'
+        )
+    with pg_server.admin() as conn:
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,))}
+    assert "runs_by_created_id" not in indexes
+    store = PostgresStore(pg_server.dsn(), schema=schema)
+    assert store.schema_version() == 2
+    with pg_server.admin() as conn:
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,))}
+    assert "runs_by_created_id" in indexes
+    assert store.get_run("old").status == "SUCCEEDED"
+    store.put_run(RunRecord("new", created_at=2.0))
+    assert [r.run_id for r in store.list_runs_page(10).runs] == ["new", "old"]
+    store.close()
+
+
 def test_an_earlier_layout_is_migrated_forward_keeping_its_data(
-    pg_server: PostgresServer, schema: str, layout_2: Callable[[Callable[[Any, str], None]], None]
+    pg_server: PostgresServer, schema: str, layout_3: Callable[[Callable[[Any, str], None]], None]
 ) -> None:
     from amsha.state import RunRecord
 
-    old = PostgresStore(pg_server.dsn(), schema=schema)  # layout 1
+    old = PostgresStore(pg_server.dsn(), schema=schema)  # layout 2
     old.put_state("s", {"a": 1}, expected_version=0)
     old.put_run(RunRecord("r"))
     old.close()
-    layout_2(_to_2)
+    layout_3(_to_3)
     new = PostgresStore(pg_server.dsn(), schema=schema)
-    assert new.schema_version() == 2
+    assert new.schema_version() == 3
     assert "labels" in tables(pg_server, schema)["runs"]
     with pg_server.admin() as conn:
         assert conn.execute(f'SELECT labels FROM "{schema}".runs').fetchall() == [("migrated",)]
@@ -138,13 +161,13 @@ def test_an_earlier_layout_is_migrated_forward_keeping_its_data(
 
 
 def test_a_failed_step_leaves_the_schema_as_it_was(
-    pg_server: PostgresServer, schema: str, layout_2: Callable[[Callable[[Any, str], None]], None]
+    pg_server: PostgresServer, schema: str, layout_3: Callable[[Callable[[Any, str], None]], None]
 ) -> None:
     PostgresStore(pg_server.dsn(), schema=schema).close()
-    layout_2(_to_2_broken)
+    layout_3(_to_3_broken)
     with pytest.raises(StateError) as info:
         PostgresStore(pg_server.dsn(), schema=schema)
     assert "migrating schema" in str(info.value) and "left as it was" in str(info.value)
     assert "labels" not in tables(pg_server, schema)["runs"]  # the step's first statement rolled back
     with pg_server.admin() as conn:
-        assert conn.execute(f'SELECT version FROM "{schema}".amsha_schema').fetchone()[0] == 1
+        assert conn.execute(f'SELECT version FROM "{schema}".amsha_schema').fetchone()[0] == 2

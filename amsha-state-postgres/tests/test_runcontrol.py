@@ -234,3 +234,47 @@ def test_listening_connections_of_ended_threads_are_closed(
     with pg_server.admin() as conn:
         count = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)).fetchone()[0]
     assert count == 2  # the pool's one connection and this thread's listener
+
+
+def test_append_events_batch_writes_several_runs_in_one_transaction(store: PostgresStore) -> None:
+    owner, stale = RunOwner.here(), RunOwner.here()
+    for run_id in ("a", "b"):
+        store.claim_run(RunRecord(run_id, status=RunStatus.RUNNING), owner, 30)
+    store.claim_run(RunRecord("c", status=RunStatus.RUNNING), stale, 0.2)
+    time.sleep(0.3)
+    refused = store.append_events_batch(
+        [
+            ("a", [{"seq": 0, "kind": "k"}, {"seq": 1, "kind": "k"}], owner.id),
+            ("b", [{"seq": 0, "kind": "k"}], owner.id),
+            ("c", [{"seq": 0, "kind": "k"}], stale.id),
+            ("free", [{"seq": 0, "kind": "k"}], None),
+        ]
+    )
+    assert set(refused) == {"c"} and isinstance(refused["c"], LeaseLostError)
+    assert [e["seq"] for e in store.read_events("a")] == [0, 1]
+    assert [e["seq"] for e in store.read_events("b")] == [0]
+    assert store.read_events("c") == [] and len(store.read_events("free")) == 1
+    assert [e["seq"] for e in store.wait_for_events("b", 0, 1.0)] == [0]
+    from amsha.errors import StateError
+
+    with pytest.raises(StateError, match="append-only"):
+        store.append_events_batch(
+            [("a", [{"seq": 2, "kind": "k"}], owner.id), ("b", [{"seq": 0, "kind": "x"}], owner.id)]
+        )
+    assert [e["seq"] for e in store.read_events("a")] == [0, 1]  # nothing of the refused batch
+
+
+def test_append_events_batch_cut_at_commit_is_written_once(
+    pg_server: PostgresServer, proxy: Proxy, make_store: Callable[..., PostgresStore]
+) -> None:
+    store, check = make_store(proxy_dsn(pg_server, proxy)), make_store()
+    for when in ("after", "before"):
+        proxy.cut = when
+        assert (
+            store.append_events_batch(
+                [(f"x-{when}", [{"seq": 0, "kind": "k"}], None), (f"y-{when}", [{"seq": 0, "kind": "k"}], None)]
+            )
+            == {}
+        )
+        assert len(check.read_events(f"x-{when}")) == 1 and len(check.read_events(f"y-{when}")) == 1
+    assert proxy.cuts == 2

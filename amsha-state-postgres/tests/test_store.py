@@ -53,7 +53,7 @@ def test_selected_by_config_with_the_dsn_from_the_environment(
         store = session.store
         assert isinstance(store, PostgresStore)
         assert (store.schema, store.pool_max_size, store.statement_timeout_s) == (schema, 3, 5.0)
-        assert store.schema_version() == 1
+        assert store.schema_version() == 2
         handle = session.run(["t"])
         assert handle.result(timeout=30).outputs == {"t": "hello there"}
         assert store.get_run(handle.run_id).status == RunStatus.SUCCEEDED

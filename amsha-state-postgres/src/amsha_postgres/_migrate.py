@@ -14,6 +14,8 @@ Layouts:
    ``runs`` (the record's body as JSON, its status, and the run-control columns: owner,
    heartbeat, lease expiry, cancel request, on the server's clock), ``events``
    (``(run_id, seq)``, append-only), ``amsha_schema(version)``.
+2. ``runs_by_created_id``: an index on ``runs (created_at DESC, run_id DESC)`` (run ids by
+   code point, as Python orders them), the order of ``list_runs_page``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "layout_version", "migrate"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The layout this release writes."""
 
 # Large values are compressed with lz4 where the server has it (much cheaper than pglz,
@@ -89,7 +91,12 @@ def _to_1(conn: Any, schema: str) -> None:
             pass
 
 
-MIGRATIONS: dict[int, Callable[[Any, str], None]] = {0: _to_1}
+def _to_2(conn: Any, schema: str) -> None:
+    # Pages of runs (list_runs_page) walk this index: newest first, ties by run id.
+    conn.execute(f'CREATE INDEX runs_by_created_id ON "{schema}".runs (created_at DESC, run_id COLLATE "C" DESC)')
+
+
+MIGRATIONS: dict[int, Callable[[Any, str], None]] = {0: _to_1, 1: _to_2}
 """``MIGRATIONS[n](conn, schema)`` takes the layout from ``n`` to ``n + 1`` (in the caller's
 transaction)."""
 

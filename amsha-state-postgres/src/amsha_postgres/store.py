@@ -59,7 +59,16 @@ from amsha.errors import (
 )
 from amsha.plugins import BackendContext
 from amsha.secrets import has_secrets, redact, redact_obj, register_secret
-from amsha.state import CancelOutcome, RunControl, RunOwner, RunRecord, RunStatus, StateSnapshot
+from amsha.state import (
+    CancelOutcome,
+    RunControl,
+    RunOwner,
+    RunPage,
+    RunRecord,
+    RunStatus,
+    StateSnapshot,
+    run_matches,
+)
 from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
 
@@ -80,6 +89,11 @@ _CONTROL_COLS = (
     "extract(epoch FROM heartbeat_at - clock_timestamp())::float8, "
     "extract(epoch FROM lease_expires_at - clock_timestamp())::float8, "
     "cancel_reason, extract(epoch FROM cancel_at - clock_timestamp())::float8"
+)
+# A run's status as readers see it: an active run whose lease expired is LOST.
+_OBSERVED = (
+    "(CASE WHEN status IN ('PENDING', 'RUNNING') AND lease_expires_at IS NOT NULL "
+    "AND lease_expires_at <= clock_timestamp() THEN 'LOST' ELSE status END)"
 )
 _RETRY_SQLSTATES = {
     "40001": "a serialization failure",
@@ -685,7 +699,7 @@ class PostgresStore:
         self._call(f"put_run({record.run_id!r})", write)
 
     def _record(self, row: Sequence[Any], now: float) -> RunRecord:
-        body, control = row[0], row[1:]
+        body, control = row[0], row[1:9]
         data = _codec.decode(bytes(body))
         data["status"] = control[0]
         data.update(_control_fields(control, now))
@@ -708,6 +722,46 @@ class PostgresStore:
         )
         now = time.time()
         return [self._record(row, now) for row in rows]
+
+    def list_runs_page(
+        self, limit: int, *, before: str | None = None, status: str | None = None, text: str | None = None
+    ) -> RunPage:
+        """At most ``limit`` runs, newest first (``created_at``, then the run id, descending),
+        older than the cursor ``before``, as readers see them (an expired lease reads LOST).
+        ``status`` is matched in SQL on the observed status; ``text`` (see
+        :func:`amsha.state.run_search_text`) on the records, read a chunk at a time."""
+        if limit < 1:
+            raise StateError(f"list_runs_page: limit must be at least 1, got {limit}")
+        key: tuple[float, str] | None = None
+        if before:
+            at, _, last_id = before.partition("|")
+            try:
+                key = (float(at), last_id)
+            except ValueError:
+                raise StateError(f"list_runs_page: {before!r} is not a cursor this store returned") from None
+        chunk = max(limit + 1, 100) if text else limit + 1
+        out: list[RunRecord] = []
+        while True:
+            where, params = [], []
+            if key is not None:
+                where.append('(created_at, run_id COLLATE "C") < (%s::float8, %s::text)')
+                params += [key[0], key[1]]
+            if status:
+                where.append(f"{_OBSERVED} = %s")
+                params.append(status)
+            sql = self._q.page.format(where=("WHERE " + " AND ".join(where)) if where else "")
+            rows = self._call("list_runs_page", _fetch_all(sql, (*params, chunk)))
+            now = time.time()
+            for row in rows:
+                record = self._record(row, now).observed(now)
+                key = (float(row[-1]), record.run_id)
+                if not run_matches(record, None, text):
+                    continue
+                if len(out) == limit:
+                    return RunPage(out, f"{float(out[-1].created_at)!r}|{out[-1].run_id}")
+                out.append(record)
+            if len(rows) < chunk:
+                return RunPage(out, None)
 
     # ---- run control ------------------------------------------------------------------------
 
@@ -843,6 +897,68 @@ class PostgresStore:
                 ) from None
 
         self._call(f"append_events({run_id!r})", write)
+
+    def append_events_batch(
+        self, batches: Sequence[tuple[str, Sequence[dict[str, Any]], str | None]]
+    ) -> dict[str, LeaseLostError]:
+        """Append the events of several runs (``(run_id, events, owner)``) in one transaction
+        (one insert, a notification per run), each run fenced by its owner as
+        :meth:`append_events` does. Returns the runs whose owner no longer holds the lease
+        (their events are not written, the others' are); an overlap with stored events raises
+        :class:`~amsha.errors.StateError` and nothing of the batch is written."""
+        prepared: list[tuple[str, list[int], list[bytes], str | None]] = []
+        for run_id, events, owner in batches:
+            seqs, bodies = [], []
+            for event in events:
+                seq = event.get("seq")
+                if not isinstance(seq, int) or isinstance(seq, bool):
+                    raise StateError(f"run {run_id!r}: an event without an integer 'seq' cannot be stored")
+                seqs.append(seq)
+                bodies.append(_codec.encode(redact_obj(event)))
+            if len(set(seqs)) != len(seqs):
+                raise StateError(f"run {run_id!r}: a batch of events repeats a seq; nothing of it was written")
+            prepared.append((run_id, seqs, bodies, owner))
+        if not any(seqs for _, seqs, _, _ in prepared):
+            return {}
+        write_id = uuid.uuid4().bytes
+        q = self._q
+
+        def write(conn: psycopg.Connection[Any]) -> dict[str, LeaseLostError]:
+            refused: dict[str, LeaseLostError] = {}
+            run_ids: list[str] = []
+            seqs: list[int] = []
+            bodies: list[bytes] = []
+            try:
+                with conn.pipeline(), conn.transaction():
+                    fences = [
+                        (run_id, owner, conn.execute(q.fence, (owner, run_id)))
+                        for run_id, _, _, owner in prepared
+                        if owner is not None
+                    ]
+                    for run_id, owner, cur in fences:
+                        try:
+                            self._check_fence(cur.fetchone(), run_id, owner)
+                        except LeaseLostError as exc:
+                            refused[run_id] = exc
+                    for run_id, run_seqs, run_bodies, _ in prepared:
+                        if run_id not in refused:
+                            run_ids += [run_id] * len(run_seqs)
+                            seqs += run_seqs
+                            bodies += run_bodies
+                    if seqs:
+                        conn.execute(q.insert_events_of_runs, (write_id, run_ids, seqs, bodies), binary=True)
+                        conn.execute(q.notify_runs, (self.channel, sorted(set(run_ids))))
+            except pgerrors.UniqueViolation:
+                mine = _scalar(conn.execute(q.events_of_runs_written, (run_ids, seqs, write_id)))
+                if mine == len(seqs):
+                    return refused  # an earlier attempt of this call committed
+                raise StateError(
+                    f"append_events_batch: events of {len(set(run_ids))} runs overlap events already stored; "
+                    f"events are append-only, nothing of this batch was written"
+                ) from None
+            return refused
+
+        return self._call(f"append_events_batch({len(prepared)} runs)", write)
 
     def read_events(self, run_id: str, from_seq: int = 0) -> list[dict[str, Any]]:
         """The run's events with ``seq >= from_seq``, in order."""
@@ -1073,6 +1189,15 @@ def _encode_scrubbed(state_id: str, data: Mapping[str, Any]) -> dict[str, bytes]
     return out
 
 
+def _fetch_all(sql: str, args: Sequence[Any]) -> Callable[[psycopg.Connection[Any]], list[Any]]:
+    """A :meth:`PostgresStore._call` body running one query (binary) and fetching its rows."""
+
+    def run(conn: psycopg.Connection[Any]) -> list[Any]:
+        return conn.execute(sql, args, binary=True).fetchall()
+
+    return run
+
+
 def _scalar(cursor: psycopg.Cursor[Any]) -> Any:
     """The first column of the one row an aggregate or key lookup returns."""
     row = cursor.fetchone()
@@ -1147,6 +1272,11 @@ class _Queries:
         self.get_run = f"SELECT body, {_CONTROL_COLS} FROM {runs} WHERE run_id = %s"
         self.list_runs = f"SELECT body, {_CONTROL_COLS} FROM {runs} ORDER BY created_at DESC, ord DESC LIMIT %s"
         self.control = f"SELECT {_CONTROL_COLS} FROM {runs} WHERE run_id = %s"
+        # {where} is filled per call; the last column is the row's created_at (the cursor).
+        self.page = (
+            f"SELECT body, {_CONTROL_COLS}, created_at FROM {runs} {{where}} "
+            'ORDER BY created_at DESC, run_id COLLATE "C" DESC LIMIT %s'
+        )
         self.fence = (
             f"SELECT owner_id IS NOT DISTINCT FROM %s AND lease_expires_at > clock_timestamp(), owner_id "
             f"FROM {runs} WHERE run_id = %s FOR SHARE"
@@ -1190,6 +1320,15 @@ class _Queries:
             "FROM unnest(%s::bigint[], %s::bytea[]) AS t(seq, body)"
         )
         self.notify = "SELECT pg_notify(%s, %s)"
+        self.notify_runs = "SELECT pg_notify(%s, r) FROM unnest(%s::text[]) AS r"
+        self.insert_events_of_runs = (
+            f"INSERT INTO {ev} (run_id, seq, write_id, body) SELECT t.run_id, t.seq, %s, t.body "
+            "FROM unnest(%s::text[], %s::bigint[], %s::bytea[]) AS t(run_id, seq, body)"
+        )
+        self.events_of_runs_written = (
+            f"SELECT count(*) FROM {ev} WHERE (run_id, seq) IN (SELECT * FROM unnest(%s::text[], %s::bigint[])) "
+            "AND write_id = %s"
+        )
         self.events_written = (
             f"SELECT count(*) FROM {ev} WHERE run_id = %s AND seq = ANY(%s::bigint[]) AND write_id = %s"
         )
