@@ -2,7 +2,7 @@
 the cross-package tests, lint, types, the demo and the benchmarks.
 
 ``nox`` runs the default set (the whole test suite, as CI does); ``nox -s bench`` prints the
-benchmark figures; ``nox -s demo`` runs the quickstart.
+benchmark figures; ``nox -s demo`` runs the quickstart; ``nox -s faults`` the fault suite.
 """
 
 from __future__ import annotations
@@ -105,6 +105,20 @@ def cross(session: nox.Session) -> None:
     # processes) and Ray (local, worker processes); the tests start and stop them.
     session.install(f"{CORE}[test]", *[f"./{p}" for p in PLUGINS], *DISTRIBUTED)
     session.run("pytest", "tests", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """The fault suite (``faults/``): a chaos Chat Completions server through ``LLM``, sessions
+    and ``amsha run``; hypothesis over configs, and over states and run inputs on every
+    built-in store; a canary key searched for in every artifact; SIGKILL and SIGINT rounds on
+    writers. One JSON line per area (``area``, ``cases``, ``held``, ``broke``, ``lost``); fails
+    unless broke and lost are 0. ``nox -s faults -- AREA...`` runs only those areas."""
+    _env(session)
+    session.install(
+        CORE, "./amsha-provider-openai", "./amsha-state-sqlite", "./amsha-observer-opentelemetry", "hypothesis>=6.100"
+    )
+    session.run("python", "faults/run.py", *session.posargs)
 
 
 @nox.session

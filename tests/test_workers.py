@@ -123,7 +123,7 @@ def test_background_run_on_a_process_pool_then_attached_from_another_process(
         handle = session.run(inputs={"topic": "eels"}, mode="background", executor=pool)
         assert handle.mode.value == "background"
         result = handle.result(timeout=120)
-        assert pool.submitted[-1] == "amsha.session.run_spec"  # it ran in the worker
+        assert pool.submitted[-1] == "amsha._run.run_spec"  # it ran in the worker
         assert result.status == RunStatus.SUCCEEDED
         assert result.outputs == {"research": RESEARCH, "write": WRITE}
         assert result.metrics is not None and result.metrics.total_tokens > 0

@@ -25,7 +25,8 @@ def test_status_headers_and_body_as_scripted(http_peer: HTTPPeer) -> None:
     assert json.loads(reply.read()) == {"error": "slow down"}
     seen = http_peer.requests[-1]
     assert seen.json() == {"model": "m"} and seen.headers["authorization"] == "Bearer k"
-    assert seen.outcome == "completed" and "Bearer k" in seen.text
+    # The server records the outcome once it has sent the last byte: the client may read it first.
+    assert http_peer.wait_for(lambda _: seen.outcome == "completed") and "Bearer k" in seen.text
 
 
 def test_unscripted_requests_go_to_the_responder_else_404(http_peer: HTTPPeer) -> None:

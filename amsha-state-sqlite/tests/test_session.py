@@ -93,7 +93,7 @@ def test_background_run_attached_from_another_process_and_the_cli(tmp_path: Path
     assert (tmp_path / "store" / "runs.db").is_file()  # relative to the config's folder
 
     with ExecutionSession(config) as session:
-        assert isinstance(session.store, SqliteStore)
+        assert isinstance(session.store.inner, SqliteStore)
         handle = session.attach("run-bg")
         assert handle.status() not in RunStatus.TERMINAL  # the run takes seconds; we are early
         events = list(handle.stream())  # replays what was missed, then polls to the end

@@ -376,8 +376,10 @@ def _outcome(args: argparse.Namespace, handle: Any, *, print_metrics: bool, prin
         if not args.json and print_error:
             print(f"amsha: {_one_line(exc)}", file=sys.stderr)
     if args.json:
+        from .secrets import redact_obj
+
         payload.pop("state", None)
-        print(json.dumps(payload, indent=2, ensure_ascii=False))
+        print(json.dumps(redact_obj(payload), indent=2, ensure_ascii=False))
     elif code == 0 and print_metrics:
         _print_metrics(payload["metrics"])
     return code

@@ -27,6 +27,7 @@ __all__ = [
     "RetryConfig",
     "RunsConfig",
     "TaskSpec",
+    "check_config_shape",
     "format_validation_error",
     "load_config",
 ]
@@ -186,6 +187,13 @@ class AmshaConfig(_Strict):
                     problems.append(
                         (f"tasks.{name}.context[{i}]", f"unknown task {ref!r}; expected one of: {_names(self.tasks)}")
                     )
+                elif ref == name:
+                    problems.append((f"tasks.{name}.context[{i}]", "a task cannot take its own output as context"))
+                elif self.pipeline and ref in self.pipeline and name in self.pipeline:
+                    if self.pipeline.index(ref) > self.pipeline.index(name):
+                        problems.append(
+                            (f"tasks.{name}.context[{i}]", f"task {ref!r} must come before {name!r} in the pipeline")
+                        )
                 elif order.index(ref) >= order.index(name) and not self.pipeline:
                     problems.append((f"tasks.{name}.context[{i}]", f"task {ref!r} must come before {name!r}"))
             for i, tool in enumerate(task.tools):
@@ -194,12 +202,45 @@ class AmshaConfig(_Strict):
         for i, ref in enumerate(self.pipeline or []):
             if ref not in self.tasks:
                 problems.append((f"pipeline[{i}]", f"unknown task {ref!r}; expected one of: {_names(self.tasks)}"))
+        cycle = _context_cycle(self.tasks)
+        if cycle:
+            problems.append((f"tasks.{cycle[0]}.context", f"the tasks' context forms a cycle: {' -> '.join(cycle)}"))
         for name, path in self.tools.items():
             if ":" not in path:
                 problems.append((f"tools.{name}", f"expected 'module:callable', got {path!r}"))
         if problems:
             raise _RefErrors(problems)
         return self
+
+
+def _context_cycle(tasks: Mapping[str, TaskSpec]) -> list[str] | None:
+    """A cycle of task names through ``context`` (``[a, b, a]``), or None. Self-references
+    are reported on their own."""
+    done: set[str] = set()
+    for start in tasks:
+        if start in done:
+            continue
+        path: list[str] = []
+        on_path: set[str] = set()
+        stack: list[tuple[str, int]] = [(start, 0)]
+        while stack:
+            node, i = stack.pop()
+            refs = [r for r in tasks[node].context if r in tasks and r != node]
+            if i == 0:
+                path.append(node)
+                on_path.add(node)
+            if i < len(refs):
+                stack.append((node, i + 1))
+                nxt = refs[i]
+                if nxt in on_path:
+                    return [*path[path.index(nxt) :], nxt]
+                if nxt not in done:
+                    stack.append((nxt, 0))
+            else:
+                path.pop()
+                on_path.discard(node)
+                done.add(node)
+    return None
 
 
 class _RefErrors(ValueError):
@@ -230,11 +271,64 @@ def format_validation_error(err: ValidationError, *, prefix: str = "") -> list[t
         elif kind == "missing":
             msg = "required key is missing"
         else:
-            got = e.get("input")
-            shown = repr(got) if not isinstance(got, dict | list) or len(repr(got)) < 60 else type(got).__name__
-            msg = f"{e['msg']} (got {shown})"
+            msg = f"{e['msg']} (got {_shown(e.get('input'))})"
         problems.append((key, msg))
     return problems
+
+
+def _shown(value: Any) -> str:
+    """A short description of a bad value: never the repr of a container (a YAML alias bomb
+    would expand it), a scalar's repr cut to 80 characters."""
+    if isinstance(value, dict | list | tuple | set):
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = repr(value) if isinstance(value, str | int | float | bool) or value is None else type(value).__name__
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+MAX_CONFIG_DEPTH = 64
+"""The deepest nesting a config may have (lists and mappings)."""
+MAX_CONFIG_VALUES = 100_000
+"""The most values a config may hold once YAML aliases are expanded."""
+
+
+def check_config_shape(data: Any, source: str | None = None) -> None:
+    """Refuse a config nested more than :data:`MAX_CONFIG_DEPTH` levels, holding more than
+    :data:`MAX_CONFIG_VALUES` values once aliases are expanded (a YAML "billion laughs"), or
+    containing itself (a YAML alias inside its own anchor): :class:`ConfigError` naming the
+    file and the key. Shared values are measured once, so a bomb is refused at once."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def measure(value: Any, path: str, depth: int) -> int:
+        if not isinstance(value, dict | list):
+            return 1
+        vid = id(value)
+        known = sizes.get(vid)
+        if known is not None:
+            return known
+        where = path or "(top level)"
+        if vid in active:
+            raise ConfigError(
+                [(where, "the value contains itself (a YAML alias inside its own anchor?)")], source=source
+            )
+        if depth >= MAX_CONFIG_DEPTH:
+            raise ConfigError([(where, f"nested more than {MAX_CONFIG_DEPTH} levels deep")], source=source)
+        active.add(vid)
+        size = 1
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, child in items:
+            sub = f"{path}[{k}]" if isinstance(k, int) else (f"{path}.{k}" if path else str(k))
+            size += measure(child, sub[:200], depth + 1)
+            if size > MAX_CONFIG_VALUES:
+                raise ConfigError(
+                    [(where, f"holds more than {MAX_CONFIG_VALUES} values once YAML aliases are expanded")],
+                    source=source,
+                )
+        active.discard(vid)
+        sizes[vid] = size
+        return size
+
+    measure(data, "", 0)
 
 
 def _join(prefix: str, path: str) -> str:
@@ -248,8 +342,67 @@ def _read_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([("", "config file not found")], source=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [
+                (
+                    "",
+                    f"the file is not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r}); save it as UTF-8",
+                )
+            ],
+            source=str(path),
+        ) from None
     except OSError as exc:
         raise ConfigError([("", f"cannot read config file: {exc.strerror}")], source=str(path)) from None
+    if _nesting(text) > MAX_CONFIG_DEPTH:
+        # Refused before parsing: a YAML parser takes seconds to reach its recursion limit.
+        raise ConfigError([("", f"nested more than {MAX_CONFIG_DEPTH} levels deep")], source=str(path))
+    try:
+        data = _parse(text, path)
+    except RecursionError:
+        raise ConfigError(
+            [("", f"nested too deeply (more than {MAX_CONFIG_DEPTH} levels)")], source=str(path)
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([("", f"the top level must be a mapping, got {type(data).__name__}")], source=str(path))
+    check_config_shape(data, str(path))
+    return data
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` in ``text``, outside quotes and comments (an
+    estimate that never overcounts a well-formed file by more than its unbalanced brackets)."""
+    if text.count("[") + text.count("{") <= MAX_CONFIG_DEPTH:
+        return 0
+    depth = peak = 0
+    quote = ""
+    comment = False
+    escaped = False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote == '"':
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "[{":
+            depth += 1
+            peak = max(peak, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            comment = True
+    return peak
+
+
+def _parse(text: str, path: Path) -> Any:
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         import yaml
@@ -277,10 +430,6 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             [("", f"unsupported config file type {suffix!r}; expected .yaml, .yml, .toml or .json")], source=str(path)
         )
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError([("", f"the top level must be a mapping, got {type(data).__name__}")], source=str(path))
     return data
 
 
@@ -295,7 +444,11 @@ def _include_registry_files(data: dict[str, Any], base_dir: Path, source: str | 
         if not isinstance(ref, str):
             continue
         path = (base_dir / ref).resolve()
-        loaded = _read_file(path)
+        try:
+            loaded = _read_file(path)
+        except ConfigError as exc:
+            detail = "; ".join(f"{k}: {m}" if k else m for k, m in exc.problems)
+            raise ConfigError([(section, f"cannot read {ref!r} ({path}): {detail}")], source=source) from None
         known = set(model.model_fields)
         entries: dict[str, Any] = {}
         for name, raw in loaded.items():
@@ -315,7 +468,7 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
         try:
             value: Any = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             value = raw
         node = data
         for part in parts[:-1]:
@@ -349,6 +502,7 @@ def load_config(
         data: dict[str, Any] = {}
         base_dir = Path.cwd()
     elif isinstance(source, Mapping):
+        check_config_shape(source)
         data = json.loads(json.dumps(source, default=str)) if source else {}
         base_dir = Path.cwd()
     else:
@@ -358,6 +512,7 @@ def load_config(
         base_dir = path.resolve().parent
     _include_registry_files(data, base_dir, label)
     _apply_env(data, env)
+    check_config_shape(data, label)
     try:
         return AmshaConfig.model_validate(data, context={"code_tools": list(code_tools)}), base_dir
     except ValidationError as err:

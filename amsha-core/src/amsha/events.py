@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from . import secrets as _secrets
 from .errors import SchemaVersionError
-from .secrets import has_secrets, redact_obj
+from .secrets import StreamScrubber, redact_obj
 
 __all__ = ["EVENT_SCHEMA", "Event", "EventKind", "Observer", "RunEventLog"]
 
@@ -149,6 +150,7 @@ class RunEventLog:
         self._lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._async_waiters: list[Callable[[], None]] = []
+        self._scrubbers: dict[str, tuple[StreamScrubber, str | None, str | None, str | None]] = {}
 
     def add_sink(self, sink: Callable[[Event], None]) -> None:
         self._sinks.append(sink)
@@ -163,18 +165,83 @@ class RunEventLog:
         agent: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> Event:
-        """Append an event; sequence numbers are assigned here, gap-free."""
-        if data and kind != "llm.token" and has_secrets():
+        """Append an event; sequence numbers are assigned here, gap-free.
+
+        Registered secrets are scrubbed here, before any sink (store, observer, stream
+        consumer) sees the event. A token's text goes through the call's
+        :class:`~amsha.secrets.StreamScrubber`, so a secret split across tokens is scrubbed
+        too: text that may be the start of one is held back and sent with the next token,
+        or as a last ``llm.token`` of the call just before its ``llm.finished`` /
+        ``llm.failed`` (or the run's end).
+        """
+        if not _secrets.ACTIVE:
+            # One lock for numbering and dispatch keeps sinks in sequence order even when
+            # several threads emit at once.
+            with self._lock:
+                event = Event(
+                    kind, self.run_id, len(self.events), time.time(), span_id, parent_id, task, agent, data or {}
+                )
+                self.events.append(event)
+                for sink in self._sinks:
+                    sink(event)
+            self._wake()
+            return event
+        return self._emit_scrubbed(kind, span_id, parent_id, task, agent, data)
+
+    def _emit_scrubbed(
+        self,
+        kind: str,
+        span_id: str,
+        parent_id: str | None,
+        task: str | None,
+        agent: str | None,
+        data: dict[str, Any] | None,
+    ) -> Event:
+        token = kind == "llm.token"
+        if data and not token:
             data = redact_obj(data)
-        # One lock for numbering and dispatch keeps sinks in sequence order even when
-        # several threads emit at once.
         with self._lock:
+            if token:
+                entry = self._scrubbers.get(span_id)
+                if entry is None:
+                    entry = self._scrubbers[span_id] = (StreamScrubber(), parent_id, task, agent)
+                text = data.get("text", "") if data else ""
+                data = (
+                    {**data, "text": entry[0].feed(text if type(text) is str else str(text))} if data else {"text": ""}
+                )
+            elif self._scrubbers:
+                if kind in TERMINAL_KINDS:
+                    for held_span in list(self._scrubbers):
+                        self._flush_scrubber(held_span)
+                elif span_id in self._scrubbers:
+                    self._flush_scrubber(span_id)
             event = Event(kind, self.run_id, len(self.events), time.time(), span_id, parent_id, task, agent, data or {})
-            self.events.append(event)
-            for sink in self._sinks:
-                sink(event)
+            self._dispatch(event)
         self._wake()
         return event
+
+    def _flush_scrubber(self, span_id: str) -> None:
+        scrubber, parent_id, task, agent = self._scrubbers.pop(span_id)
+        held = scrubber.flush()
+        if held:
+            self._dispatch(
+                Event(
+                    "llm.token",
+                    self.run_id,
+                    len(self.events),
+                    time.time(),
+                    span_id,
+                    parent_id,
+                    task,
+                    agent,
+                    {"text": held},
+                )
+            )
+
+    def _dispatch(self, event: Event) -> None:
+        self.events.append(event)
+        for sink in self._sinks:
+            sink(event)
 
     def close(self) -> None:
         """No more events will come; wakes every waiting consumer."""

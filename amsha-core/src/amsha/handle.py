@@ -24,7 +24,7 @@ from .runcontrol import StoreRun
 from .state import CancelOutcome, ExecutionState, RunStatus, StateStore
 
 if TYPE_CHECKING:
-    from .session import _Run
+    from ._run import _Run
 
 __all__ = ["ExecutionHandle", "ExecutionMode", "RunResult"]
 

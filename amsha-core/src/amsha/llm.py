@@ -26,8 +26,9 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
+from . import secrets as _secrets
 from .config import RetryConfig
 from .errors import (
     AmshaError,
@@ -50,6 +51,7 @@ from .provider import (
     coerce_messages,
     response_as_chunk,
 )
+from .secrets import redact
 
 __all__ = ["LLM", "AsyncLLMStream", "CallContext", "LLMStream", "estimate_tokens", "retry_delay", "strip_fences"]
 
@@ -342,10 +344,26 @@ def _error_dict(error: BaseException) -> dict[str, Any]:
     return {"type": type(error).__name__, "message": str(error)}
 
 
+def _raise(failure: BaseException, exc: BaseException) -> NoReturn:
+    """Raise ``failure`` chained to ``exc``, the error the provider raised; never as its own
+    cause (code walking ``__cause__`` would loop forever) when the provider already raised
+    an Amsha error."""
+    if failure is exc:
+        raise failure
+    raise failure from exc
+
+
 def _as_provider_error(error: Exception, provider: str) -> Exception:
     if isinstance(error, AmshaError):
         return error
     wrapped = ProviderError(f"provider {provider!r} raised {type(error).__name__}: {error}", provider=provider)
+    if _secrets.ACTIVE:
+        # The provider's own exception stays chained (its traceback helps), scrubbed: a
+        # plugin that put a key in its message must not leak it through the chain.
+        try:
+            error.args = tuple(redact(a) if isinstance(a, str) else a for a in error.args)
+        except Exception:  # an exception type whose args cannot be set
+            pass
     wrapped.__cause__ = error
     return wrapped
 
@@ -523,7 +541,7 @@ class LLM:
                 attempt += 1
                 delay = call.retry_wait(err, attempt)
                 if delay is None:
-                    raise call.fail(err) from exc
+                    _raise(call.fail(err), exc)
                 self._sleep(delay)
         response = call.finish()
         return self._parse(response, request, response_model)
@@ -565,7 +583,7 @@ class LLM:
                 attempt += 1
                 delay = None if call.started else call.retry_wait(err, attempt)
                 if delay is None:
-                    raise call.fail(err) from exc
+                    _raise(call.fail(err), exc)
                 self._sleep(delay)
         holder.append(call.finish())
 
@@ -604,7 +622,7 @@ class LLM:
                 attempt += 1
                 delay = call.retry_wait(err, attempt)
                 if delay is None:
-                    raise call.fail(err) from exc
+                    _raise(call.fail(err), exc)
                 await asyncio.sleep(delay)
         response = call.finish()
         return self._parse(response, request, response_model)
@@ -648,7 +666,7 @@ class LLM:
                 attempt += 1
                 delay = None if call.started else call.retry_wait(err, attempt)
                 if delay is None:
-                    raise call.fail(err) from exc
+                    _raise(call.fail(err), exc)
                 await asyncio.sleep(delay)
         holder.append(call.finish())
 

@@ -35,6 +35,7 @@ __all__ = [
     "RunStatus",
     "StateSnapshot",
     "StateStore",
+    "MAX_JSON_DEPTH",
     "check_json",
     "page_of_runs",
     "run_matches",
@@ -45,25 +46,47 @@ __all__ = [
 STATE_SCHEMA = 1
 
 
+MAX_JSON_DEPTH = 256
+"""The deepest nesting of lists and dicts a state value, run input or stored document may have."""
+
+
 def check_json(key: str, value: Any, _depth: int = 0) -> None:
-    """Raise :class:`NonJSONValueError` naming ``key`` unless ``value`` is plain JSON."""
-    if value is None or isinstance(value, str | bool | int):
+    """Raise :class:`NonJSONValueError` naming ``key`` (and the path inside it) unless
+    ``value`` is plain JSON: ``None``, ``str``, ``bool``, ``int``, finite ``float``, and
+    lists, tuples and string-keyed dicts of those, nested at most :data:`MAX_JSON_DEPTH`
+    levels, with no container inside itself. Iterative: any depth is refused, never a
+    ``RecursionError``."""
+    if value is None or type(value) in _SCALARS:
         return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise NonJSONValueError(key, value, "NaN and infinity are not JSON")
-        return
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            check_json(f"{key}[{i}]", item, _depth + 1)
-        return
-    if isinstance(value, dict):
-        for k, item in value.items():
-            if not isinstance(k, str):
-                raise NonJSONValueError(f"{key}.{k!r}", value, f"dict key {k!r} is not a string")
-            check_json(f"{key}.{k}", item, _depth + 1)
-        return
-    raise NonJSONValueError(key, value)
+    # (path, value, depth, ids of the containers above it)
+    stack: list[tuple[str, Any, int, frozenset[int]]] = [(key, value, _depth, frozenset())]
+    while stack:
+        path, item, depth, above = stack.pop()
+        if item is None or isinstance(item, str | bool | int):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise NonJSONValueError(path, item, "NaN and infinity are not JSON")
+            continue
+        if not isinstance(item, list | tuple | dict):
+            raise NonJSONValueError(path, item)
+        if id(item) in above:
+            raise NonJSONValueError(path, item, "the value contains itself")
+        if depth >= MAX_JSON_DEPTH:
+            shown = path if len(path) <= 120 else f"{path[:80]}...{path[-30:]}"
+            raise NonJSONValueError(shown, item, f"nested more than {MAX_JSON_DEPTH} levels deep")
+        inner = above | {id(item)}
+        if isinstance(item, dict):
+            for k, child in item.items():
+                if not isinstance(k, str):
+                    raise NonJSONValueError(f"{path}.{k!r}", item, f"dict key {k!r} is not a string")
+                stack.append((f"{path}.{k}", child, depth + 1, inner))
+        else:
+            for i, child in enumerate(item):
+                stack.append((f"{path}[{i}]", child, depth + 1, inner))
+
+
+_SCALARS = frozenset({str, bool, int})
 
 
 class ExecutionState:

@@ -26,6 +26,7 @@ matters is kept in the message: the status, the server's own message, its reques
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import sys
 import time
@@ -125,6 +126,15 @@ def map_error(exc: BaseException, ctx: ErrorContext) -> errors.ProviderError:
 
 
 def _map(exc: BaseException, ctx: ErrorContext) -> errors.ProviderError:
+    if type(exc).__name__ == "StreamDeadlineError":
+        return errors.ProviderTimeoutError(str(exc), provider=PROVIDER)
+    if isinstance(exc, json.JSONDecodeError):
+        return errors.ProviderError(
+            f"the server at {ctx.base_url} sent data that is not JSON ({exc.msg}, at character {exc.pos}); it began "
+            f"{redact(exc.doc[:200])!r}. Check that base_url is the API root of a Chat Completions server",
+            provider=PROVIDER,
+            retryable=False,
+        )
     if isinstance(exc, openai.APITimeoutError):
         return errors.ProviderTimeoutError(
             f"the request to {ctx.base_url} for model {ctx.model!r} timed out (timeout_s)", provider=PROVIDER

@@ -52,6 +52,19 @@ class OpenAIOptions(BaseModel):
         gt=0,
         description="seconds allowed to connect, and between two reads of the answer (not for a whole stream)",
     )
+    idle_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "seconds a stream may go without an event (SSE comments such as keep-alives do not count); unset: timeout_s"
+        ),
+    )
+    total_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="seconds one attempt may take from the request to the end of its answer, streamed or not; "
+        "unset: no limit",
+    )
     max_retries: int | None = Field(
         None,
         ge=0,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ from amsha import (
     errors,
     get_secret,
 )
+from amsha.secrets import redact
 from pydantic import SecretStr, ValidationError
 
 from ._errors import PROVIDER, ErrorContext, map_error
@@ -258,26 +260,107 @@ class OpenAIProvider:
             )
         return error
 
+    def _deadlines(self, start: float, *, events: bool = True) -> _Deadlines:
+        options = self.options
+        idle = options.idle_timeout_s if options.idle_timeout_s is not None else options.timeout_s
+        total = None if options.total_timeout_s is None else start + options.total_timeout_s
+        return _Deadlines(idle, total, options.total_timeout_s, self.base_url, events)
+
+    def _check_event_stream(self, response: Any, model: str) -> None:
+        """Refuse (not retryable) a stream request answered with something other than an
+        event stream (an HTML login page of a proxy, JSON from a server that ignores
+        ``stream``): say what came back, and where."""
+        content_type = response.headers.get("content-type", "")
+        if content_type.split(";", 1)[0].strip().lower() == "text/event-stream":
+            return
+        try:
+            head = next(response.iter_bytes(), b"")[:200]
+        except Exception:
+            head = b""
+        shown = redact(head.decode("utf-8", "replace"))
+        raise errors.ProviderError(
+            f"the server at {self.base_url} answered a stream request for model {model!r} with HTTP "
+            f"{response.status_code} {content_type or '(no content type)'}, not an event stream; it began "
+            f"{shown!r}. Check that base_url is the API root of a Chat Completions server (it usually ends in /v1)",
+            provider=PROVIDER,
+            status=response.status_code,
+            retryable=False,
+        )
+
     # ---- sync -------------------------------------------------------------------------------
 
     def generate(self, request: LLMRequest) -> LLMResponse:
         """One complete answer (a JSON response)."""
         params = self.params(request, stream=False)
+        if self.options.total_timeout_s is not None:
+            return self._generate_within(params)
         try:
             completion = self.client.chat.completions.create(**params)
         except Exception as exc:
-            raise self._error(exc, params["model"]) from None
-        return self._response(completion, params["model"])
+            failure = self._error(exc, params["model"])
+        else:
+            return self._response(completion, params["model"])
+        # Raised outside the except block: the SDK's exception (its request carries the key)
+        # is neither the cause nor the context of Amsha's.
+        raise failure
+
+    def _generate_within(self, params: dict[str, Any]) -> LLMResponse:
+        """:meth:`generate` under ``total_timeout_s``: the body is read through the deadline
+        check, so a server dripping its answer cannot outlast it."""
+        start = time.monotonic()
+        model = params["model"]
+        failure: errors.ProviderError | None = None
+        try:
+            create = self.client.chat.completions.with_streaming_response.create
+            with create(**params, timeout=self._first_byte_timeout()) as raw:
+                _reuse_connection(raw.http_response, self._deadlines(start, events=False))
+                completion = raw.parse()
+        except Exception as exc:
+            failure = self._error(exc, model)
+        if failure is not None:
+            raise failure
+        return self._response(completion, model)
+
+    async def _agenerate_within(self, params: dict[str, Any]) -> LLMResponse:
+        """Async twin of :meth:`_generate_within`."""
+        start = time.monotonic()
+        model = params["model"]
+        failure: errors.ProviderError | None = None
+        try:
+            create = self._aclient().chat.completions.with_streaming_response.create
+            async with create(**params, timeout=self._first_byte_timeout()) as raw:
+                _areuse_connection(raw.http_response, self._deadlines(start, events=False))
+                completion = await raw.parse()
+        except Exception as exc:
+            failure = self._error(exc, model)
+        if failure is not None:
+            raise failure
+        return self._response(completion, model)
+
+    def _first_byte_timeout(self) -> float:
+        total = self.options.total_timeout_s
+        return self.options.timeout_s if total is None else min(self.options.timeout_s, total)
 
     def stream(self, request: LLMRequest) -> Iterator[LLMChunk]:
         """The answer as it arrives (SSE). Closing the generator closes the HTTP response."""
         params = self.params(request, stream=True)
         model = params["model"]
+        start = time.monotonic()
+        failure: errors.ProviderError | None = None
+        if self.options.total_timeout_s is not None:
+            params["timeout"] = self._first_byte_timeout()
         try:
             sdk_stream = self.client.chat.completions.create(**params)
         except Exception as exc:
-            raise self._error(exc, model) from None
-        _reuse_connection(sdk_stream.response)
+            failure = self._error(exc, model)
+        if failure is not None:
+            raise failure
+        try:
+            self._check_event_stream(sdk_stream.response, model)
+        except errors.ProviderError:
+            sdk_stream.close()
+            raise
+        _reuse_connection(sdk_stream.response, self._deadlines(start))
         state = _StreamState()
         convert = state.convert
         try:
@@ -287,31 +370,48 @@ class OpenAIProvider:
                     yield chunk
             state.check_complete(self.base_url)
         except Exception as exc:
-            raise self._error(exc, model, state) from None
+            failure = self._error(exc, model, state)
         finally:
             sdk_stream.close()
+        if failure is not None:
+            raise failure
 
     # ---- async ------------------------------------------------------------------------------
 
     async def agenerate(self, request: LLMRequest) -> LLMResponse:
         """Async twin of :meth:`generate`."""
         params = self.params(request, stream=False)
+        if self.options.total_timeout_s is not None:
+            return await self._agenerate_within(params)
         try:
             completion = await self._aclient().chat.completions.create(**params)
         except Exception as exc:
-            raise self._error(exc, params["model"]) from None
-        return self._response(completion, params["model"])
+            failure = self._error(exc, params["model"])
+        else:
+            return self._response(completion, params["model"])
+        raise failure
 
     async def astream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]:
         """Async twin of :meth:`stream`; ``aclose()`` or cancelling the consumer closes the
         HTTP response at once."""
         params = self.params(request, stream=True)
         model = params["model"]
+        start = time.monotonic()
+        failure: errors.ProviderError | None = None
+        if self.options.total_timeout_s is not None:
+            params["timeout"] = self._first_byte_timeout()
         try:
             sdk_stream = await self._aclient().chat.completions.create(**params)
         except Exception as exc:
-            raise self._error(exc, model) from None
-        _areuse_connection(sdk_stream.response)
+            failure = self._error(exc, model)
+        if failure is not None:
+            raise failure
+        try:
+            self._check_event_stream(sdk_stream.response, model)
+        except errors.ProviderError:
+            await sdk_stream.close()
+            raise
+        _areuse_connection(sdk_stream.response, self._deadlines(start))
         state = _StreamState()
         convert = state.convert
         try:
@@ -321,15 +421,26 @@ class OpenAIProvider:
                     yield chunk
             state.check_complete(self.base_url)
         except Exception as exc:
-            raise self._error(exc, model, state) from None
+            failure = self._error(exc, model, state)
         finally:
             await sdk_stream.close()
+        if failure is not None:
+            raise failure
 
     # ---- responses --------------------------------------------------------------------------
 
     def _response(self, completion: Any, model: str) -> LLMResponse:
         choices = getattr(completion, "choices", None)
         if not choices:
+            if isinstance(completion, str | bytes):
+                text = completion.decode("utf-8", "replace") if isinstance(completion, bytes) else completion
+                raise errors.ProviderError(
+                    f"the server at {self.base_url} answered model {model!r} with text that is not a Chat "
+                    f"Completions response; it began {redact(text[:200])!r}. Check that base_url is the API root "
+                    "of a Chat Completions server (it usually ends in /v1)",
+                    provider=PROVIDER,
+                    retryable=False,
+                )
             raise errors.ProviderError(
                 f"the server at {self.base_url} answered model {model!r} with no choices", provider=PROVIDER
             )
@@ -353,12 +464,23 @@ class OpenAIProvider:
 class _StreamState:
     """What one stream has produced so far (for the partial text of a broken stream)."""
 
-    __slots__ = ("finish_reason", "parts", "started")
+    __slots__ = ("finish_reason", "held", "parts", "started")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.started = False
         self.finish_reason: str | None = None
+        self.held = ""
+        """A high surrogate that ended the last piece: its pair comes in the next one."""
+
+    def _whole(self, text: str) -> str:
+        """``text`` with no character split: a surrogate pair sent in two events (JSON
+        ``\\ud83d`` then ``\\ude00``) is joined into its character."""
+        if self.held:
+            text, self.held = self.held + text, ""
+        if "\ud800" <= text[-1] <= "\udbff":
+            text, self.held = text[:-1], text[-1]
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
 
     def convert(self, raw: Any) -> LLMChunk | None:
         choices = raw.choices
@@ -368,6 +490,10 @@ class _StreamState:
             delta = choice.delta
             text = delta.content
             if text and delta.tool_calls is None and choice.finish_reason is None and raw.usage is None:
+                if self.held or "\ud800" <= text[-1] <= "\udfff":
+                    text = self._whole(text)
+                    if not text:
+                        return None
                 self.parts.append(text)
                 self.started = True
                 return LLMChunk(text)
@@ -392,6 +518,10 @@ class _StreamState:
                 for t in delta.tool_calls
             ]
         finish = choice.finish_reason
+        if text and (self.held or "\ud800" <= text[-1] <= "\udfff"):
+            text = self._whole(text)
+        if self.held and (finish or tools):
+            text, self.held = text + self.held, ""  # a lone high surrogate: the stream ends with it
         if not (text or tools or finish or usage):
             return None  # e.g. the first chunk, which carries only the role
         if text:
@@ -421,20 +551,62 @@ class _StreamState:
 _DONE = b"data: [DONE]"
 
 
-def _reuse_connection(response: Any) -> None:
-    """Let a finished stream's connection go back to the pool.
+class StreamDeadlineError(Exception):
+    """A stream went past its idle or total deadline (mapped to ProviderTimeoutError)."""
+
+
+class _Deadlines:
+    """The idle and total deadlines of one streamed attempt, checked as bytes arrive."""
+
+    __slots__ = ("base_url", "events", "idle_s", "total_at", "total_s")
+
+    def __init__(
+        self, idle_s: float, total_at: float | None, total_s: float | None, base_url: str, events: bool = True
+    ) -> None:
+        self.idle_s = idle_s
+        self.total_at = total_at
+        self.total_s = total_s
+        self.base_url = base_url
+        self.events = events
+        """True for an event stream (only ``data:`` lines count as activity), False for a body."""
+
+    def check(self, data: bytes, last_event: float) -> float:
+        """The time of the last event, after ``data`` arrived; raises past a deadline."""
+        now = time.monotonic()
+        if not self.events or b"data:" in data:
+            last_event = now
+        elif now - last_event > self.idle_s:
+            raise StreamDeadlineError(
+                f"the stream from {self.base_url} sent no event for {self.idle_s:g}s, only keep-alive comments "
+                "(idle_timeout_s)"
+            )
+        if self.total_at is not None and now > self.total_at:
+            what = "the stream" if self.events else "the answer"
+            raise StreamDeadlineError(
+                f"{what} from {self.base_url} took longer than {self.total_s:g}s (total_timeout_s)"
+            )
+        return last_event
+
+
+def _reuse_connection(response: Any, deadlines: _Deadlines) -> None:
+    """Let a finished stream's connection go back to the pool, and keep the stream's
+    deadlines.
 
     The SDK stops reading at ``data: [DONE]`` and closes the response before the body's end
     marker is read, and an HTTP/1.1 connection with an unread body is closed, not reused:
     every stream would open a new connection (a new TLS handshake). So the body is read to
     its end as soon as the bytes holding ``[DONE]`` arrive. A stream closed before then (a
-    cancel) still closes its connection at once.
+    cancel) still closes its connection at once. The SDK skips SSE comments without
+    returning control, so the deadlines are checked here, as bytes arrive.
     """
     original = response.iter_bytes
 
     def iter_bytes(*args: Any, **kwargs: Any) -> Iterator[bytes]:
         iterator = original(*args, **kwargs)
+        check = deadlines.check
+        last = time.monotonic()
         for data in iterator:
+            last = check(data, last)
             if _DONE in data:
                 for _rest in iterator:
                     pass
@@ -443,13 +615,16 @@ def _reuse_connection(response: Any) -> None:
     response.iter_bytes = iter_bytes
 
 
-def _areuse_connection(response: Any) -> None:
+def _areuse_connection(response: Any, deadlines: _Deadlines) -> None:
     """Async twin of :func:`_reuse_connection`."""
     original = response.aiter_bytes
 
     async def aiter_bytes(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
         iterator = original(*args, **kwargs)
+        check = deadlines.check
+        last = time.monotonic()
         async for data in iterator:
+            last = check(data, last)
             if _DONE in data:
                 async for _rest in iterator:
                     pass

@@ -31,6 +31,9 @@ class SqliteStoreOptions(BaseModel):
     """SQLite's ``synchronous`` in WAL mode. NORMAL: a committed write survives a crash of the
     process; a power loss may undo the last commits but never corrupts the file. FULL: also
     survives a power loss, at the price of an fsync per commit."""
+    wal_limit_mb: float = Field(default=64.0, gt=0)
+    """The checkpoint policy: when the WAL file has grown past this many MB, a writer copies it
+    into the database and truncates it (waiting up to ``timeout_s`` for readers)."""
 
 
 @hookimpl

@@ -36,7 +36,8 @@ processes). Reads run in short deferred transactions (one consistent snapshot, e
 fetched before it ends, no read held open while the caller iterates), or as one statement.
 The journal is WAL, so readers never block the writer; ``synchronous`` is NORMAL by default
 (a committed write survives the process being killed; a power loss may undo the last commits,
-never corrupt the file) or FULL.
+never corrupt the file) or FULL. The WAL is kept under ``wal_limit_mb`` by the writers
+themselves (see :meth:`SqliteStore._bound_wal`).
 
 Each thread gets its own connection, and a process that inherited the store through ``fork``
 opens its own (the parent's connections are left untouched); pickling the store (for spawned
@@ -79,7 +80,12 @@ from amsha.state import (
     run_matches,
 )
 
-__all__ = ["MAX_DEPTH", "SCHEMA_VERSION", "SqliteStore", "build"]
+__all__ = ["MAX_DEPTH", "SCHEMA_VERSION", "WAL_LIMIT_MB", "SqliteStore", "build"]
+
+WAL_LIMIT_MB = 64.0
+"""The default ``wal_limit_mb``: past it, a writer checkpoints and truncates the WAL."""
+WAL_CHECK_EVERY = 32
+"""A connection looks at the WAL's size after every this many write transactions."""
 
 SCHEMA_VERSION = 4
 """The layout this release writes. 1: a whole JSON document per state version. 2: values
@@ -378,8 +384,17 @@ class SqliteStore:
     """``read_control`` is one indexed read of a local file that a writer never blocks (WAL):
     a run's owner polls it from its event loop without a thread hop."""
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 30.0, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout_s: float = 30.0,
+        synchronous: str = "NORMAL",
+        wal_limit_mb: float = WAL_LIMIT_MB,
+    ) -> None:
         self.path = Path(path)
+        self.wal_limit_bytes = int(wal_limit_mb * 1_000_000)
+        self._wal_path = f"{self.path}-wal"
         if str(path) in ("", ":memory:") or str(path).startswith("file:"):
             raise StateError(
                 f"sqlite store: path {str(path)!r} is not a file path; for an in-process store use 'memory'"
@@ -421,10 +436,20 @@ class SqliteStore:
         self._tips_bytes = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": str(self.path), "timeout_s": self.timeout_s, "synchronous": self.synchronous}
+        return {
+            "path": str(self.path),
+            "timeout_s": self.timeout_s,
+            "synchronous": self.synchronous,
+            "wal_limit_mb": self.wal_limit_bytes / 1_000_000,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], timeout_s=state["timeout_s"], synchronous=state["synchronous"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["path"],
+            timeout_s=state["timeout_s"],
+            synchronous=state["synchronous"],
+            wal_limit_mb=state.get("wal_limit_mb", WAL_LIMIT_MB),
+        )
 
     def _conn(self) -> sqlite3.Connection:
         if os.getpid() != self._pid:
@@ -465,6 +490,8 @@ class SqliteStore:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            # A WAL reset by a checkpoint is cut back to this size (SQLite otherwise keeps it).
+            conn.execute(f"PRAGMA journal_size_limit = {self.wal_limit_bytes}")
         except sqlite3.Error as exc:
             conn.close()
             raise self._error("open", exc) from None
@@ -554,6 +581,34 @@ class SqliteStore:
                 if isinstance(exc, sqlite3.Error):
                     raise self._error(op, exc) from None
                 raise
+        local = self._local
+        local.writes = writes = getattr(local, "writes", 0) + 1
+        if writes % WAL_CHECK_EVERY == 0:
+            self._bound_wal(conn)
+
+    def _bound_wal(self, conn: sqlite3.Connection) -> None:
+        """The WAL checkpoint policy: when the ``-wal`` file has grown past ``wal_limit_mb``,
+        copy it all into the database and truncate it (``wal_checkpoint(TRUNCATE)``, which
+        waits up to ``timeout_s`` for readers to finish). SQLite's own automatic checkpoint is
+        passive: under sustained writes from several processes it never catches up and the
+        WAL grows without bound. Another connection's checkpoint holds the checkpoint lock for
+        a moment, so a busy attempt is tried again shortly, for up to a second; one that still
+        cannot run is tried again after later writes."""
+        try:
+            if os.path.getsize(self._wal_path) <= self.wal_limit_bytes:
+                return
+            deadline = time.monotonic() + min(1.0, self.timeout_s)
+            pause = 0.001
+            while True:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy or time.monotonic() > deadline:
+                    return
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
+                if os.path.getsize(self._wal_path) <= self.wal_limit_bytes:
+                    return  # another connection did it
+        except (OSError, sqlite3.Error):
+            pass
 
     @contextmanager
     def _read(self, op: str) -> Iterator[sqlite3.Connection]:
@@ -1132,5 +1187,8 @@ def build(ctx: BackendContext) -> SqliteStore:
     opts = ctx.options
     path = Path(opts.path).expanduser()
     return SqliteStore(
-        path if path.is_absolute() else ctx.base_dir / path, timeout_s=opts.timeout_s, synchronous=opts.synchronous
+        path if path.is_absolute() else ctx.base_dir / path,
+        timeout_s=opts.timeout_s,
+        synchronous=opts.synchronous,
+        wal_limit_mb=opts.wal_limit_mb,
     )

@@ -26,7 +26,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import LeaseLostError, RunNotFoundError, StateError, StateNotFoundError, VersionConflictError
+from ..errors import (
+    LeaseLostError,
+    NonJSONValueError,
+    RunNotFoundError,
+    StateError,
+    StateNotFoundError,
+    VersionConflictError,
+)
 from ..plugins import BackendContext
 from ..runcontrol import (
     ENDED,
@@ -82,8 +89,8 @@ class MemoryStore:
         reason: str = "",
         owner: str | None = None,
     ) -> int:
-        check_json("data", data)
-        data = copy.deepcopy(redact_obj(data))
+        _check_state(state_id, data)
+        data = _json_copy(redact_obj(data))
         with self._lock:
             self._fence(run_id, owner)
             versions = self._states.setdefault(state_id, [])
@@ -117,7 +124,7 @@ class MemoryStore:
             ]
 
     def put_run(self, record: RunRecord, *, owner: str | None = None) -> None:
-        check_json("record", record.to_dict())
+        check_json(f"run {record.run_id!r}", record.to_dict())
         with self._lock:
             self._fence(record.run_id, owner)
             self._runs[record.run_id] = _body(record)
@@ -317,6 +324,8 @@ class FileStore:
             return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise RunNotFoundError(f"no run {run_id!r} in {self.root}") from None
+        except (OSError, ValueError) as exc:
+            raise StateError(f"file store: cannot read {path}: {exc}") from None
 
     def claim_run(self, record: RunRecord, owner: RunOwner, lease_s: float) -> RunControl:
         with self._run_lock(record.run_id):
@@ -392,14 +401,14 @@ class FileStore:
         self, state_id: str, data: dict[str, Any], expected_version: int, run_id: str | None, reason: str
     ) -> int:
         folder = self.root / "states" / self._safe(state_id)
+        _check_state(state_id, data)
         folder.mkdir(parents=True, exist_ok=True)
         versions = self._versions(state_id)
         latest = versions[-1] if versions else 0
         if expected_version != latest:
             raise VersionConflictError(state_id, expected_version, latest)
         new = latest + 1
-        check_json("data", data)
-        body = json.dumps(
+        body = _dumps(
             {
                 "state_id": state_id,
                 "version": new,
@@ -408,23 +417,28 @@ class FileStore:
                 "run_id": run_id,
                 "reason": reason,
             },
-            ensure_ascii=False,
+            f"state {state_id!r}",
         )
         target = folder / f"{new:010d}.json"
         tmp = folder / f".{new:010d}.{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp.write_text(body, encoding="utf-8")
         try:
+            tmp.write_text(body, encoding="ascii")
             # link() fails if the version exists: another writer got there first.
             os.link(tmp, target)
         except FileExistsError:
             now = self._versions(state_id)
             raise VersionConflictError(state_id, expected_version, now[-1] if now else 0) from None
+        except OSError as exc:
+            raise StateError(f"file store: cannot write {target}: {exc.strerror or exc}") from None
         finally:
             tmp.unlink(missing_ok=True)
         return new
 
     def _read_snapshot(self, path: Path) -> StateSnapshot:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StateError(f"file store: cannot read {path}: {exc}") from None
         return StateSnapshot(
             doc["state_id"], doc["version"], doc["data"], doc["created_at"], doc.get("run_id"), doc.get("reason", "")
         )
@@ -452,10 +466,15 @@ class FileStore:
     def _put_body(self, record: RunRecord) -> None:
         path = self.root / "runs" / f"{self._safe(record.run_id)}.json"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        data = record.to_dict()
-        check_json("record", data)
-        tmp.write_text(json.dumps(redact_obj(_body(record).to_dict()), ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        doc = record.to_dict()
+        check_json(f"run {record.run_id!r}", doc)
+        body = _dumps(record_body(redact_obj(doc)), f"run {record.run_id!r}")
+        try:
+            tmp.write_text(body, encoding="ascii")
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StateError(f"file store: cannot write {path}: {exc.strerror or exc}") from None
 
     def put_run(self, record: RunRecord, *, owner: str | None = None) -> None:
         with self._fence(record.run_id, owner):
@@ -520,11 +539,13 @@ class FileStore:
     def append_events(self, run_id: str, events: Sequence[dict[str, Any]], *, owner: str | None = None) -> None:
         if not events:
             return
-        for i, event in enumerate(events):
-            check_json(f"events[{i}]", event)
-        blob = "".join(json.dumps(redact_obj(e), ensure_ascii=False) + "\n" for e in events)
+        blob = "".join(_dumps(redact_obj(e), f"run {run_id!r}: event") + "\n" for e in events).encode("ascii")
         path = self.root / "events" / f"{self._safe(run_id)}.jsonl"
-        with self._fence(run_id, owner), self._lock, open(path, "a", encoding="utf-8") as fh:
+        with self._fence(run_id, owner), self._lock, open(path, "ab+") as fh:
+            # A writer killed mid-line leaves a torn last line: start on a line of our own,
+            # so these events stay readable.
+            if fh.tell() and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n":
+                blob = b"\n" + blob
             fh.write(blob)
             fh.flush()
 
@@ -541,7 +562,7 @@ class FileStore:
             try:
                 event = json.loads(line)
             except ValueError:
-                break  # a line torn by a crash ends the readable log
+                continue  # a line torn by a crash (its write was never acknowledged)
             if event["seq"] >= from_seq:
                 out.append(event)
         return out
@@ -564,6 +585,34 @@ class FileStore:
 
 def _body(record: RunRecord) -> RunRecord:
     return RunRecord.from_dict(copy.deepcopy(record_body(redact_obj(record.to_dict()))))
+
+
+def _check_state(state_id: str, data: Any) -> None:
+    if not isinstance(data, dict):
+        raise StateError(f"state {state_id!r}: data must be a dict, got {type(data).__name__}")
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise NonJSONValueError(repr(key), key, "state keys must be strings")
+        check_json(key, value)
+
+
+def _json_copy(value: Any) -> Any:
+    """A copy of checked JSON as JSON gives it back: tuples become lists, nothing shared."""
+    if isinstance(value, dict):
+        return {k: _json_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_copy(v) for v in value]
+    return value
+
+
+def _dumps(value: Any, what: str) -> str:
+    """``value`` as ASCII JSON: ``\\u`` escapes keep any string Python can hold (a lone
+    surrogate included) readable back exactly, and the file valid UTF-8."""
+    try:
+        return json.dumps(value, ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        check_json(what, value)  # names the bad key when it can
+        raise StateError(f"file store: {what} is not JSON: {exc}") from None
 
 
 def build_memory(ctx: BackendContext) -> MemoryStore:

@@ -48,13 +48,6 @@ from .runpages import RunPageContract
 
 __all__ = ["ObserverContract", "OrchestratorContract", "ProviderContract", "StateStoreContract"]
 
-ECHOED_SECRET_PENDING = pytest.mark.xfail(
-    reason="an answer echoing a registered secret reaches llm.token events unscrubbed until the core "
-    "scrubs every event before stores and observers see it (issue 15, branch `secrets`)",
-    strict=False,
-)
-"""Marks the checks of a secret the model echoes back (in tokens): they pass once the core
-scrubs token events; until then they are reported as expected failures, never skipped."""
 
 _fail = fail  # the name an older revision of this module used
 
@@ -355,7 +348,6 @@ class StateStoreContract(RunControlContract, RunPageContract):
     def test_a_session_leaves_no_secret_in_the_store(self, store: Any) -> None:
         self._session_secret(store, "guard")
 
-    @ECHOED_SECRET_PENDING
     def test_a_secret_echoed_by_the_model_is_not_stored(self, store: Any) -> None:
         self._session_secret(store, "echo")
 
@@ -610,7 +602,6 @@ class OrchestratorContract:
     def test_a_secret_in_the_inputs_is_never_stored(self, session_for: Callable[..., ExecutionSession]) -> None:
         self._secret_run(session_for(), "guard")
 
-    @ECHOED_SECRET_PENDING
     def test_a_secret_echoed_by_the_model_is_never_stored(self, session_for: Callable[..., ExecutionSession]) -> None:
         self._secret_run(session_for(), "echo")
 
@@ -764,7 +755,6 @@ class ObserverContract:
     ) -> None:
         self._secret_run(observer, require(observer_output, "checking that the observer writes no secret"), "guard")
 
-    @ECHOED_SECRET_PENDING
     def test_a_secret_echoed_by_the_model_never_reaches_its_output(
         self, observer: Any, observer_output: Callable[[], str] | Missing
     ) -> None:

@@ -61,6 +61,16 @@ class Reply:
     ``cached_tokens``, ``reasoning_tokens``); ``report_usage=False`` reports none.
     ``match``: answer only requests whose body contains this text. ``times``: how many
     requests this reply answers.
+
+    Faults, for chaos tests: ``raw_body`` with status 200 answers with that body as is
+    (``content_type``, default ``text/html``), to a stream request too. ``keepalive_s``:
+    before the answer, send only SSE comments (``: keep-alive``) every that many seconds,
+    for ``keepalive_for_s`` seconds (None: until the client goes away). ``raw_events``:
+    the SSE ``data:`` payloads to send (bytes, as is: malformed JSON, odd events) after the
+    role chunk, then end the body. ``reset``: reset the connection (TCP RST) instead of
+    answering. ``echo_auth``: an error body that quotes the request's ``Authorization``
+    header, as careless servers do. ``drip_s``: send a plain (non-streamed) answer 16 bytes at
+    a time, waiting that long between pieces.
     """
 
     text: str | None = None
@@ -84,6 +94,13 @@ class Reply:
     model: str | None = None
     match: str | None = None
     times: int = 1
+    content_type: str | None = None
+    keepalive_s: float | None = None
+    keepalive_for_s: float | None = None
+    raw_events: list[bytes] | None = None
+    reset: bool = False
+    echo_auth: bool = False
+    drip_s: float | None = None
 
     @classmethod
     def fail(
@@ -359,7 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if app.api_key is not None and self.headers.get("authorization") != f"Bearer {app.api_key}":
             given = (self.headers.get("authorization") or "").removeprefix("Bearer ")
-            masked = f"{given[:3]}***{given[-4:]}" if len(given) > 8 else "***"
+            # As OpenAI masks it: the first 8 and the last 4 characters.
+            masked = f"{given[:8]}{'*' * max(4, len(given) - 12)}{given[-4:]}" if len(given) > 12 else "***"
             self._error(
                 record, 401, f"Incorrect API key provided: {masked}.", "invalid_request_error", "invalid_api_key"
             )
@@ -380,8 +398,15 @@ class _Handler(BaseHTTPRequestHandler):
         reply = app._pick(raw)
         try:
             self._wait(reply.first_byte_delay_s if reply.first_byte_delay_s is not None else app.latency_s)
-            if reply.status != 200:
+            if reply.reset:
+                self._reset(record)
+            elif reply.status != 200:
                 self._scripted_error(record, reply)
+            elif reply.raw_body is not None:
+                self._outcome(record, "completed")
+                self._send_head(200, reply.content_type or "text/html", len(reply.raw_body), reply.headers)
+                self.wfile.write(reply.raw_body)
+                self.wfile.flush()
             elif body.get("stream"):
                 self._stream(record, reply, body)
             else:
@@ -465,11 +490,31 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Retry-After"] = f"{reply.retry_after:g}"
         self._outcome(record, "error")
         if reply.raw_body is not None:
-            self._send_head(reply.status, "text/html", len(reply.raw_body), headers)
+            self._send_head(reply.status, reply.content_type or "text/html", len(reply.raw_body), headers)
             self.wfile.write(reply.raw_body)
             self.wfile.flush()
         else:
-            self._json(reply.status, {"error": reply.error or {"message": f"error {reply.status}"}}, headers)
+            error = dict(reply.error or {"message": f"error {reply.status}"})
+            if reply.echo_auth:
+                error["message"] = f"{error.get('message', '')} (Authorization: {self.headers.get('authorization')})"
+            self._json(reply.status, {"error": error}, headers)
+
+    def _reset(self, record: RecordedRequest) -> None:
+        """Reset the connection: SO_LINGER 0 makes close() send a TCP RST."""
+        import struct
+
+        self._outcome(record, "reset")
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        raise _ClientGone()
+
+    def _keepalive(self, reply: Reply) -> None:
+        """Only SSE comments, every ``keepalive_s``, for ``keepalive_for_s`` (None: until the client leaves)."""
+        assert reply.keepalive_s is not None
+        end = None if reply.keepalive_for_s is None else time.monotonic() + reply.keepalive_for_s
+        while end is None or time.monotonic() < end:
+            self._chunk(b": keep-alive\n\n")
+            self._wait(reply.keepalive_s)
 
     def _answer_text(self, reply: Reply, body: dict[str, Any]) -> str:
         return _cut_at_stop(self._full_text(reply, body), body.get("stop"))
@@ -538,7 +583,16 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.report_usage:
             payload["usage"] = self._usage(reply, body, completion)
         self._outcome(record, "completed")
-        self._json(200, payload, reply.headers)
+        if reply.drip_s is None:
+            self._json(200, payload, reply.headers)
+            return
+        data = json.dumps(payload).encode()
+        self._send_head(200, "application/json", len(data), reply.headers)
+        for i in range(0, len(data), 16):
+            if i:
+                self._wait(reply.drip_s)
+            self.wfile.write(data[i : i + 16])
+            self.wfile.flush()
 
     # ---- streaming ----------------------------------------------------------------------------
 
@@ -570,8 +624,16 @@ class _Handler(BaseHTTPRequestHandler):
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-        self._send_head(200, "text/event-stream", None, reply.headers)
+        self._send_head(200, reply.content_type or "text/event-stream", None, reply.headers)
+        if reply.keepalive_s is not None:
+            self._keepalive(reply)
         self._event(chunk({"role": "assistant", "content": ""}))
+        if reply.raw_events is not None:
+            for payload in reply.raw_events:
+                self._event(payload)
+            self._outcome(record, "completed")
+            self._chunk(b"")
+            return
         sent = 0
         for piece in pieces:
             if reply.cut_after is not None and sent >= reply.cut_after:
