@@ -108,7 +108,7 @@ def test_a_detached_run_watched_listed_shown_read_and_replayed_from_other_proces
     monkeypatch.setenv("AMSHA_TEST_PG_DSN", pg_server.dsn())
     run_id2 = detach(env, config)
     with ExecutionSession(config) as session:
-        assert isinstance(session.store, PostgresStore)
+        assert isinstance(session.store.inner, PostgresStore)
         handle = session.attach(run_id2)
         streamed = list(handle.stream())
         assert [e.seq for e in streamed] == list(range(len(streamed)))

@@ -50,9 +50,14 @@ def test_selected_by_config_with_the_dsn_from_the_environment(
         "tasks: {t: {description: Say hello., agent: a}}\n"
     )
     with ExecutionSession(tmp_path / "amsha.yaml") as session:
-        store = session.store
+        store = session.store.inner
         assert isinstance(store, PostgresStore)
         assert (store.schema, store.pool_max_size, store.statement_timeout_s) == (schema, 3, 5.0)
+        # The DSN's password is the secret, not the whole DSN (whose parts are ordinary words).
+        from amsha.secrets import redact
+
+        assert redact(pg_server.dsn()) == pg_server.dsn().replace(pg_server.password, "***")
+        assert redact("amsha-state-postgres on 127.0.0.1") == "amsha-state-postgres on 127.0.0.1"
         assert store.schema_version() == 2
         handle = session.run(["t"])
         assert handle.result(timeout=30).outputs == {"t": "hello there"}

@@ -8,7 +8,7 @@ and the store itself are imported only when a session selects ``state: postgres`
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from amsha import hookimpl
 from amsha.hookspecs import Register
@@ -25,18 +25,24 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
 
 def _register(value: Any) -> None:
+    """Register what is secret in a value given where it does not belong: the password of
+    a DSN (not the whole DSN: its host and user are not secrets, and registering them would
+    mask ordinary text), or the value itself when it is not a DSN."""
     from amsha.secrets import register_secret
 
-    if isinstance(value, str) and value:
-        register_secret(value)
-        try:
-            from psycopg.conninfo import conninfo_to_dict
+    if not isinstance(value, str) or not value:
+        return
+    try:
+        from psycopg.conninfo import conninfo_to_dict
 
-            password = conninfo_to_dict(value).get("password")
-        except Exception:
-            password = None
-        if password:
-            register_secret(str(password))
+        params = conninfo_to_dict(value)
+    except Exception:
+        params = None
+    if params and ("host" in params or "dbname" in params or "user" in params):
+        if params.get("password"):
+            register_secret(str(params["password"]))
+        return
+    register_secret(value)
 
 
 class PostgresStoreOptions(BaseModel):
@@ -47,6 +53,9 @@ class PostgresStoreOptions(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # The variable named by dsn_env holds a DSN, not a secret: the store registers its
+    # password (registering the whole DSN would mask every "postgres..." in the output).
+    amsha_secret_env_fields: ClassVar[tuple[str, ...]] = ()
 
     dsn_env: str = "AMSHA_POSTGRES_DSN"
     """The environment variable holding the DSN (``postgresql://user:password@host:5432/db``
