@@ -102,8 +102,12 @@ def cross(session: nox.Session) -> None:
     """Cross-package tests: fresh environments with chosen plugins, end to end by CLI."""
     _env(session)
     # Real distributed engines for the run-control tests: Dask (LocalCluster with worker
-    # processes) and Ray (local, worker processes); the tests start and stop them.
-    session.install(f"{CORE}[test]", *[f"./{p}" for p in PLUGINS], *DISTRIBUTED)
+    # processes) and Ray (local, worker processes); the tests start and stop them. The
+    # langgraph plugin's test extra brings LangChain's standard suites, which
+    # tests/test_chat_model_openai.py runs against the local Chat Completions server.
+    session.install(
+        f"{CORE}[test]", *[f"./{p}[test]" if p.endswith("langgraph") else f"./{p}" for p in PLUGINS], *DISTRIBUTED
+    )
     session.run("pytest", "tests", "-q", "-p", "no:cacheprovider", *session.posargs)
 
 

@@ -100,6 +100,65 @@ def llm_generate(settings: Settings) -> list[Figure]:
     ]
 
 
+@benchmark("llm.standalone.overhead_per_call")
+def llm_standalone(settings: Settings) -> list[Figure]:
+    """A call outside any run, with its events delivered: what a session's LLM adds over the
+    provider's own work when the session has one (do-nothing) observer.
+
+    Amsha: ``session.llm().generate(PROMPT)`` minus ``provider.generate(request)``, the
+    observer's thread caught up at the end of every batch (``flush_observers``, inside the
+    timing). langchain-core: ``FakeListChatModel.invoke(PROMPT)`` with a do-nothing callback
+    handler attached (its observer) minus ``model._generate(messages)``. Reported only:
+    the per-call figure with no observer is ``llm.generate.overhead_per_call`` (a session's
+    LLM with no observer adds about a microsecond to it)."""
+    from amsha import ExecutionSession
+
+    fake, HumanMessage = _langchain()
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Quiet:
+        def on_event(self, event: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    config = {"provider": {"name": "scripted", "model": "scripted-1", "options": {"responses": [TEXT]}}}
+    session = ExecutionSession(config, observers=[Quiet()])
+    try:
+        llm = session.llm()
+        provider = llm.provider
+        request = llm.request(PROMPT)
+        model = fake.FakeListChatModel(responses=[TEXT])
+        messages = [HumanMessage(PROMPT)]
+        callbacks = {"callbacks": [BaseCallbackHandler()]}
+        assert llm.generate(PROMPT).text == TEXT and provider.generate(request).text == TEXT
+        assert session.flush_observers(10) and session.llm_totals.calls == 1
+        assert model.invoke(PROMPT, config=callbacks).content == TEXT
+
+        amsha = paired(
+            lambda: llm.generate(PROMPT),
+            lambda: provider.generate(request),
+            settings=settings,
+            settle=(lambda: session.flush_observers(10), None),
+        )
+        log(f"  amsha session.llm().generate, one observer: {amsha.describe()}")
+        peer = paired(lambda: model.invoke(PROMPT, config=callbacks), lambda: model._generate(messages), settings=settings)
+        log(f"  langchain-core FakeListChatModel.invoke with a callback handler: {peer.describe()}")
+    finally:
+        session.close()
+    return [
+        Figure(
+            "llm.standalone.overhead_per_call",
+            amsha.overhead / 1e3,
+            peer.overhead / 1e3,
+            "langchain-core FakeListChatModel.invoke() with a callback handler, over its _generate()",
+            "us/call",
+            None,
+        )
+    ]
+
+
 @benchmark("llm.stream.overhead_per_token")
 def llm_stream(settings: Settings) -> list[Figure]:
     """What the wrapper adds to a streamed 100-token answer, per token (the per-call part

@@ -71,6 +71,9 @@ class Figure:
     unit: str
     goal: float | None
     detail: str = ""
+    noise: float | None = None
+    """The noise bound of ``amsha`` (same unit), where the benchmark measures one: what an
+    A/A control (two identical subjects, measured as Amsha is) reads."""
 
     @property
     def ratio(self) -> float | None:
@@ -95,6 +98,7 @@ class Figure:
             "unit": self.unit,
             "ratio": sig(self.ratio, 3),
             "goal": self.goal,
+            **({"noise": sig(self.noise, 3)} if self.noise is not None else {}),
         }
 
     def to_json(self) -> str:

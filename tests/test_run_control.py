@@ -31,7 +31,7 @@ import yaml
 from amsha import Event, ExecutionSession, RunStatus
 from amsha.errors import RunCancelledError, RunLostError
 from amsha_openai.testing import OpenAIServer, Reply
-from conftest import REPO, clean_env, describe
+from conftest import REPO, amsha_here, clean_env, describe
 
 sys.path.insert(0, str(REPO / "examples" / "distributed"))
 from ray_executor import RayExecutor  # the example's adapter, tested here
@@ -245,14 +245,7 @@ def test_a_killed_worker_makes_the_run_lost(
         assert session.attach(handle.run_id).status() == RunStatus.LOST
         # The store still says RUNNING: LOST is what every reader derives from the lease.
         assert session.store.get_run(handle.run_id).status == RunStatus.RUNNING
-        listed = subprocess.run(
-            [sys.executable, "-m", "amsha", "runs", "list", "--config", str(config), "--json"],
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            timeout=60,
-            check=False,
-        )
+        listed = amsha_here("runs", "list", "--config", str(config), "--json")
         assert listed.returncode == 0, describe(listed)
         statuses = {r["run_id"]: r["status"] for r in json.loads(listed.stdout)}
         assert statuses[handle.run_id] == "LOST"
@@ -282,14 +275,7 @@ def test_a_third_process_attaches_streams_and_cancels(
             if '"llm.token"' in line:
                 tokens += 1
                 if tokens == 5:
-                    cancel = subprocess.run(
-                        [sys.executable, "-m", "amsha", "runs", "cancel", handle.run_id, "--config", str(config)],
-                        capture_output=True,
-                        text=True,
-                        env=clean_env(),
-                        timeout=60,
-                        check=False,
-                    )
+                    cancel = amsha_here("runs", "cancel", handle.run_id, "--config", str(config))
                     assert cancel.returncode == 0 and "cancel requested" in cancel.stdout, describe(cancel)
         code = watch.wait(60)
         assert code == 1, "runs watch exits with the run's status: CANCELLED is not success"
@@ -411,25 +397,11 @@ def test_detach_then_watch_and_kill(tmp_path: Path, server: OpenAIServer) -> Non
     config = write_config(tmp_path / "cfg", server, "sqlite")
     server.default = Reply(chunks=WORDS)
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "amsha", "run", str(config), "--input", "topic=kelp", "--detach"],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-        check=False,
-    )
+    proc = amsha_here("run", str(config), "--input", "topic=kelp", "--detach")
     assert proc.returncode == 0, describe(proc)
     run_id = proc.stdout.strip()
     assert run_id.startswith("run-") and time.monotonic() - started < 30
-    watch = subprocess.run(
-        [sys.executable, "-m", "amsha", "runs", "watch", run_id, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-        check=False,
-    )
+    watch = amsha_here("runs", "watch", run_id, "--config", str(config))
     assert watch.returncode == 0, describe(watch)
     assert "".join(WORDS).strip() in watch.stdout and "metrics:" in watch.stdout
     with ExecutionSession(config) as session:
@@ -437,26 +409,12 @@ def test_detach_then_watch_and_kill(tmp_path: Path, server: OpenAIServer) -> Non
         assert record.status == RunStatus.SUCCEEDED and record.owner["pid"] != os.getpid()
         # A detached run whose process is killed is LOST for every reader.
         server.default = Reply(chunks=[f"k{i} " for i in range(400)], chunk_delay_s=0.05)
-        proc = subprocess.run(
-            [sys.executable, "-m", "amsha", "run", str(config), "--input", "topic=kelp", "--detach"],
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            timeout=60,
-            check=False,
-        )
+        proc = amsha_here("run", str(config), "--input", "topic=kelp", "--detach")
         victim = proc.stdout.strip()
         os.kill(owner_pid(session, victim), signal.SIGKILL)
         with pytest.raises(RunLostError):
             session.attach(victim).result(timeout=LEASE_S + 20)
-        show = subprocess.run(
-            [sys.executable, "-m", "amsha", "runs", "show", victim, "--config", str(config)],
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            timeout=60,
-            check=False,
-        )
+        show = amsha_here("runs", "show", victim, "--config", str(config))
         assert show.returncode == 0 and "LOST" in show.stdout and "owner:" in show.stdout, describe(show)
 
 

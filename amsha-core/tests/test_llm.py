@@ -298,3 +298,90 @@ def test_session_retry_precedence_section_then_provider_then_top_level() -> None
     config["provider"]["retry"] = {"max_retries": 3}
     with ExecutionSession(config, plugins=[Plugin()]) as session:
         assert session.llm().retry.max_retries == 3
+
+
+def test_with_retry_changes_only_the_copy() -> None:
+    provider = scripted(failures=[{"kind": "server", "times": 10}])
+    llm = LLM(provider, retry=FAST)
+    none = llm.with_retry(max_retries=0)
+    assert none.retry.max_retries == 0 and llm.retry.max_retries == 2
+    assert none.retry.initial_backoff_s == FAST.initial_backoff_s
+    with pytest.raises(ServerError):
+        none.generate("hi")
+    assert provider.calls == 1
+
+
+def test_timeout_travels_on_the_request_but_not_in_its_fingerprint() -> None:
+    llm = LLM(scripted())
+    plain, timed = llm.request("hi"), llm.request("hi", timeout_s=2.5)
+    assert timed.timeout_s == 2.5 and "timeout_s" not in timed.extra
+    assert timed.fingerprint() == plain.fingerprint()  # replay matches it all the same
+    assert LLMRequest.from_dict(timed.to_dict()).timeout_s == 2.5
+    assert "timeout_s" not in plain.to_dict()
+
+
+def test_json_object_format_is_asked_for_in_words_without_structured_output() -> None:
+    provider = scripted(responses=['{"a": 1}'], structured_output=False)
+    llm = LLM(provider)
+    request = llm.request("json please", response_format={"type": "json_object"})
+    assert request.messages[0].role == "system" and request.messages[0].content == "Reply with only a JSON object."
+    assert llm.generate("json please", response_format={"type": "json_object"}).parsed == {"a": 1}
+
+
+def test_sync_and_async_twins_report_alike() -> None:
+    """generate/agenerate and stream/astream share their book-keeping: same events, same
+    response fields, same retry accounting."""
+
+    def run_sync() -> tuple[list[str], LLMResponse, LLMResponse | None]:
+        llm, log = logged(scripted(failures=[{"kind": "server", "times": 1}]))
+        response = llm.generate("hi")
+        with llm.stream("hi") as stream:
+            for _ in stream:
+                pass
+        return [e.kind for e in log.events if e.kind != "llm.token"], response, stream.response
+
+    async def run_async() -> tuple[list[str], LLMResponse, LLMResponse | None]:
+        llm, log = logged(scripted(failures=[{"kind": "server", "times": 1}]))
+        response = await llm.agenerate("hi")
+        async with llm.astream("hi") as stream:
+            async for _ in stream:
+                pass
+        return [e.kind for e in log.events if e.kind != "llm.token"], response, stream.response
+
+    sync, asynchronous = run_sync(), asyncio.run(run_async())
+    assert sync[0] == asynchronous[0] == ["llm.started", "llm.retry", "llm.finished", "llm.started", "llm.finished"]
+    for one, other in ((sync[1], asynchronous[1]), (sync[2], asynchronous[2])):
+        assert other is not None and one is not None
+        assert (one.text, one.finish_reason, one.retries, one.usage) == (
+            other.text,
+            other.finish_reason,
+            other.retries,
+            other.usage,
+        )
+        assert one.ttft_s is not None and one.latency_s is not None and one.ttft_s <= one.latency_s
+    assert sync[1].retries == 1
+
+
+def test_to_dict_of_usage_and_capabilities_names_every_field() -> None:
+    import dataclasses
+
+    from amsha import ProviderCapabilities
+
+    usage = Usage(1, 2, 3, 4, 5, True)
+    assert usage.to_dict() == {f.name: getattr(usage, f.name) for f in dataclasses.fields(usage)}
+    caps = ProviderCapabilities(True, True, False, True, False)
+    assert caps.to_dict() == {f.name: getattr(caps, f.name) for f in dataclasses.fields(caps)}
+
+
+def test_a_complete_answers_tool_calls_get_an_id_and_json_arguments() -> None:
+    from amsha import ToolCall
+
+    class Bare(BaseProvider):
+        name = "bare"
+
+        def generate(self, request: LLMRequest) -> LLMResponse:
+            return LLMResponse(tool_calls=[ToolCall(id="", name="lookup", arguments="")])
+
+    response = LLM(Bare()).generate("hi")
+    assert [(c.id, c.name, c.arguments) for c in response.tool_calls] == [("call_0", "lookup", "{}")]
+    assert response.finish_reason == "tool_calls" and response.usage is not None and response.usage.estimated

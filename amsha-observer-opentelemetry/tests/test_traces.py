@@ -286,3 +286,21 @@ def test_a_run_started_inside_a_span_of_the_application_is_its_child(mode: str) 
     assert run.parent is not None and run.parent.span_id == outer.get_span_context().span_id
     started = next(e for e in handle.stream() if e.kind == "run.started")
     assert started.data["links"]["traceparent"].startswith("00-")
+
+
+def test_a_standalone_llm_call_is_traced_and_its_run_state_released() -> None:
+    """``session.llm().generate()`` outside any run: its scope becomes a workflow span with
+    the chat span under it, and the observer keeps nothing of it afterwards."""
+    with ExecutionSession(make_config()) as session:
+        session.llm().generate("hi")
+        with session.llm().stream("hi") as stream:
+            for _ in stream:
+                pass
+        spans = spans_of(session)
+        observer = session.observers[0]
+        assert not observer._runs  # every scope ended: nothing held per call
+    workflows = [s for s in spans if s.name.startswith("invoke_workflow")]
+    chats = [s for s in spans if s.name.startswith("chat")]
+    assert len(workflows) == 2 and len(chats) == 2
+    assert {w.attributes["amsha.run.mode"] for w in workflows} == {"standalone"}
+    assert sorted(parent_of(c) for c in chats) == sorted(w.context.span_id for w in workflows)

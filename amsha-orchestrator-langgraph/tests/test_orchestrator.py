@@ -66,6 +66,11 @@ def test_background_mode_is_polled_and_does_not_stream_per_token() -> None:
         finished = [e.data["response"]["text"] for e in events if e.kind == "llm.finished"]
         assert finished == ["alpha beta gamma", "summary of alpha"]
         assert session.attach(handle.run_id).status() == RunStatus.SUCCEEDED
+        # The run's time to first output is the first answer's arrival, as a streamed run's
+        # is its first token's: after the first call's 50 ms, before the run's end.
+        ttft = result.metrics.ttft_s
+        assert ttft is not None and 0.05 <= ttft < result.metrics.latency_s  # type: ignore[operator]
+        assert result.metrics.calls[0].ttft_s is not None
 
 
 def test_client_builder_graph_from_code() -> None:

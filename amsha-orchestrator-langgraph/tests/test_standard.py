@@ -16,6 +16,15 @@ class TestAmshaChatModelStandard(ChatModelUnitTests):
         return AmshaChatModel
 
     @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        # The suite adds api_key="test"; AmshaChatModel refuses a key on purpose (Amsha reads
+        # keys from the environment variable its config names: test_chat_model.py checks the
+        # refusal). Every other standard parameter (timeout, max_retries, stop...) is kept.
+        params = dict(super().standard_chat_model_params)
+        assert params.pop("api_key") == "test"
+        return params
+
+    @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"config": CONFIG}
 

@@ -63,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     "Observer": "events",
     "AmshaMetrics": "metrics",
     "CallMetrics": "metrics",
+    "UsageTotals": "metrics",
     # config
     "AmshaConfig": "config",
     "AgentSpec": "config",
@@ -91,6 +92,7 @@ __all__ = [
     "CallContext",
     "CancelOutcome",
     "CallMetrics",
+    "UsageTotals",
     "Event",
     "EventKind",
     "ExecutionHandle",
@@ -161,7 +163,7 @@ if TYPE_CHECKING:
     from .handle import ExecutionHandle, ExecutionMode, RunResult
     from .hookspecs import PLUGIN_API_VERSION, hookimpl
     from .llm import LLM, AsyncLLMStream, CallContext, LLMStream
-    from .metrics import AmshaMetrics, CallMetrics
+    from .metrics import AmshaMetrics, CallMetrics, UsageTotals
     from .orchestrator import BaseOrchestrator, IOrchestrator, RunContext, TaskScope
     from .plugins import BackendContext, load_plugins
     from .provider import (

@@ -24,9 +24,8 @@ import json
 import random
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 from . import secrets as _secrets
 from .config import RetryConfig
@@ -53,7 +52,7 @@ from .provider import (
 )
 from .secrets import redact
 
-__all__ = ["LLM", "AsyncLLMStream", "CallContext", "LLMStream", "estimate_tokens", "retry_delay", "strip_fences"]
+__all__ = ["LLM", "AsyncLLMStream", "CallContext", "CallScope", "LLMStream", "estimate_tokens", "retry_delay", "strip_fences"]
 
 T = TypeVar("T")
 _ids = itertools.count(1)
@@ -134,6 +133,7 @@ class _Call:
     """Book-keeping of one call: timing, text, tool calls, usage, events."""
 
     __slots__ = (
+        "attempt",
         "call_id",
         "ctx",
         "finish_reason",
@@ -142,6 +142,7 @@ class _Call:
         "parts",
         "request",
         "retries",
+        "scope",
         "t0",
         "tools",
         "ttft",
@@ -152,19 +153,27 @@ class _Call:
     def __init__(self, wrapper: LLM, request: LLMRequest) -> None:
         self.wrapper = wrapper
         self.request = request
-        self.ctx = wrapper.context
-        self.log = self.ctx.log if self.ctx is not None else None
-        self.call_id = f"llm-{next(_ids)}-{uuid.uuid4().hex[:8]}" if self.log is not None else ""
+        ctx = wrapper.context
+        self.scope: CallScope | None = None
+        if ctx is None and wrapper.scope is not None:
+            # A call outside any run: it gets a scope of its own (see amsha.standalone).
+            self.scope = wrapper.scope
+            ctx = self.scope.open(wrapper, request)
+        self.ctx = ctx
+        self.log = ctx.log if ctx is not None else None
+        # The random part from ``random`` (reseeded in a forked child), not uuid4: an id
+        # needs no cryptographic randomness, and os.urandom costs microseconds here.
+        self.call_id = f"llm-{next(_ids)}-{random.getrandbits(32):08x}" if self.log is not None else ""
         self.parts: list[str] = []
         self.tools: dict[int, list[Any]] = {}
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.model: str | None = request.model
         self.retries = 0
+        self.attempt = 0
         self.ttft: float | None = None
         self.t0 = time.perf_counter()
         if self.log is not None:
-            ctx = self.ctx
             assert ctx is not None
             fingerprint = {
                 "task": ctx.task,
@@ -172,13 +181,9 @@ class _Call:
                 "index": ctx.next_index(),
                 "request_hash": request.fingerprint(),
             }
-            self.log.emit(
+            self._emit(
                 "llm.started",
-                self.call_id,
-                ctx.parent_id,
-                task=ctx.task,
-                agent=ctx.agent,
-                data={
+                {
                     "llm": wrapper.name,
                     "provider": wrapper.provider_name,
                     "capabilities": wrapper.provider.capabilities.to_dict(),
@@ -187,6 +192,12 @@ class _Call:
                     "fingerprint": fingerprint,
                 },
             )
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        """An event about this call, under its parent span, task and agent."""
+        ctx = self.ctx
+        assert ctx is not None and self.log is not None
+        self.log.emit(kind, self.call_id, ctx.parent_id, task=ctx.task, agent=ctx.agent, data=data)
 
     def check_cancel(self) -> None:
         ctx = self.ctx
@@ -226,15 +237,45 @@ class _Call:
         if chunk.model:
             self.model = chunk.model
 
-    def on_response(self, response: LLMResponse) -> None:
-        if response.text:
-            self.parts = [response.text]
-        self.tools = {i: [c.id, c.name, [c.arguments]] for i, c in enumerate(response.tool_calls)}
-        self.usage = response.usage
-        self.finish_reason = response.finish_reason
-        self.model = response.model or self.model
-        if self.ttft is None:
-            self.ttft = time.perf_counter() - self.t0
+    def retry_or_raise(self, exc: Exception) -> float:
+        """After a failed attempt: the seconds to wait before the next one, or the error
+        (typed, recorded as ``llm.failed``) raised. Never retried once output has started."""
+        err = _as_provider_error(exc, self.wrapper.provider_name)
+        self.attempt += 1
+        delay = None if self.started else self.retry_wait(err, self.attempt)
+        if delay is None:
+            _raise(self.fail(err), exc)
+        return delay
+
+    def complete(self, answer: LLMResponse) -> LLMResponse:
+        """A complete answer, completed in place as the wrapper's response: timing, retries,
+        the finish reason and model when the provider left them out, usage (estimated, and
+        marked so, when it reported none). A provider returns a fresh response per call."""
+        latency = time.perf_counter() - self.t0
+        usage = answer.usage
+        if usage is None:
+            answer.usage = self._estimate(answer.text)
+        elif not usage.total_tokens:
+            usage.total_tokens = usage.input_tokens + usage.output_tokens
+        calls = answer.tool_calls
+        if calls:
+            for i, call in enumerate(calls):  # as a streamed answer's are: an id, JSON arguments
+                if not call.id:
+                    call.id = f"call_{i}"
+                if not call.arguments:
+                    call.arguments = "{}"
+        if not answer.finish_reason:
+            answer.finish_reason = "tool_calls" if calls else "stop"
+        if not answer.model:
+            answer.model = self.model
+        answer.ttft_s = latency if self.ttft is None else self.ttft
+        answer.latency_s = latency
+        answer.retries = self.retries
+        if self.log is not None:
+            self._finished(answer, False)
+        elif self.scope is not None:
+            self.scope.close(None, None, answer)
+        return answer
 
     def retry_wait(self, error: BaseException, attempt: int) -> float | None:
         delay = retry_delay(error, attempt, self.wrapper.retry)
@@ -242,16 +283,7 @@ class _Call:
             return None
         self.retries += 1
         if self.log is not None:
-            ctx = self.ctx
-            assert ctx is not None
-            self.log.emit(
-                "llm.retry",
-                self.call_id,
-                ctx.parent_id,
-                task=ctx.task,
-                agent=ctx.agent,
-                data={"attempt": attempt, "wait_s": round(delay, 6), "error": _error_dict(error)},
-            )
+            self._emit("llm.retry", {"attempt": attempt, "wait_s": round(delay, 6), "error": _error_dict(error)})
         return delay
 
     def _usage(self, text: str) -> Usage:
@@ -260,48 +292,58 @@ class _Call:
             if not usage.total_tokens:
                 usage.total_tokens = usage.input_tokens + usage.output_tokens
             return usage
+        return self._estimate(text)
+
+    def _estimate(self, text: str) -> Usage:
         prompt = "".join((m.content or "") for m in self.request.messages)
         inp, out = estimate_tokens(prompt), estimate_tokens(text)
         return Usage(inp, out, inp + out, estimated=True)
 
     def response(self) -> LLMResponse:
-        text = "".join(self.parts)
-        calls = [
-            ToolCall(id=slot[0] or f"call_{i}", name=slot[1] or "", arguments="".join(slot[2]) or "{}")
-            for i, slot in sorted(self.tools.items())
-        ]
+        parts = self.parts
+        text = parts[0] if len(parts) == 1 else "".join(parts)
+        calls = (
+            [
+                ToolCall(id=slot[0] or f"call_{i}", name=slot[1] or "", arguments="".join(slot[2]) or "{}")
+                for i, slot in sorted(self.tools.items())
+            ]
+            if self.tools
+            else []
+        )
         return LLMResponse(
-            text=text,
-            tool_calls=calls,
-            finish_reason=self.finish_reason or ("tool_calls" if calls else "stop"),
-            usage=self._usage(text),
-            model=self.model,
-            ttft_s=self.ttft,
-            latency_s=time.perf_counter() - self.t0,
-            retries=self.retries,
+            text,
+            calls,
+            self.finish_reason or ("tool_calls" if calls else "stop"),
+            self._usage(text),
+            self.model,
+            None,
+            self.ttft,
+            time.perf_counter() - self.t0,
+            self.retries,
         )
 
     def finish(self, *, cancelled: bool = False) -> LLMResponse:
         response = self.response()
         if self.log is not None:
-            ctx = self.ctx
-            assert ctx is not None
-            self.log.emit(
-                "llm.finished",
-                self.call_id,
-                ctx.parent_id,
-                task=ctx.task,
-                agent=ctx.agent,
-                data={
-                    "response": response.to_dict(),
-                    "usage": response.usage.to_dict() if response.usage else None,
-                    "latency_s": response.latency_s,
-                    "ttft_s": response.ttft_s,
-                    "retries": self.retries,
-                    "cancelled": cancelled,
-                },
-            )
+            self._finished(response, cancelled)
+        elif self.scope is not None:
+            self.scope.close(None, "cancelled" if cancelled else None, response)
         return response
+
+    def _finished(self, response: LLMResponse, cancelled: bool) -> None:
+        self._emit(
+            "llm.finished",
+            {
+                "response": response.to_dict(),
+                "usage": response.usage.to_dict() if response.usage else None,
+                "latency_s": response.latency_s,
+                "ttft_s": response.ttft_s,
+                "retries": self.retries,
+                "cancelled": cancelled,
+            },
+        )
+        if self.scope is not None:
+            self.scope.close(self.ctx, "cancelled" if cancelled else None, response)
 
     def fail(self, error: BaseException) -> BaseException:
         if isinstance(error, RunCancelledError):
@@ -317,16 +359,10 @@ class _Call:
             interrupted.__cause__ = error
             error = interrupted
         if self.log is not None:
-            ctx = self.ctx
-            assert ctx is not None
             text = "".join(self.parts)
-            self.log.emit(
+            self._emit(
                 "llm.failed",
-                self.call_id,
-                ctx.parent_id,
-                task=ctx.task,
-                agent=ctx.agent,
-                data={
+                {
                     "error": _error_dict(error),
                     "partial_text": text,
                     "usage": self._usage(text).to_dict(),
@@ -335,6 +371,8 @@ class _Call:
                     "retries": self.retries,
                 },
             )
+        if self.scope is not None:
+            self.scope.close(self.ctx, error, self.response())
         return error
 
 
@@ -431,9 +469,28 @@ class AsyncLLMStream(Generic[T]):
         return self._holder[0] if self._holder else None
 
 
+class CallScope(Protocol):
+    """Where the calls of an LLM used outside any run go: each such call gets a context of
+    its own from :meth:`open` (or None: the call emits no events, and is only counted) and
+    hands it back to :meth:`close` at its end, with ``outcome`` (None when it finished,
+    ``"cancelled"``, or the error it raised) and what it produced (the response, partial
+    for a failure). The session's is :class:`amsha.standalone.StandaloneScope`."""
+
+    def open(self, llm: LLM, request: LLMRequest) -> CallContext | None: ...
+
+    def close(
+        self, ctx: CallContext | None, outcome: BaseException | str | None, response: LLMResponse
+    ) -> None: ...
+
+
+_PARAMS = ("temperature", "max_tokens", "stop", "seed", "tool_choice", "timeout_s")
+"""Call parameters that are fields of :class:`LLMRequest` (the rest go to ``extra``)."""
+
+
 class LLM:
     """An execution-aware LLM. Built by the session (``session.llm(name)``) or directly from
-    a provider. ``bind(context)`` gives a copy that emits its events into a run."""
+    a provider. ``bind(context)`` gives a copy that emits its events into a run; ``scope``
+    is where calls made outside any run send theirs (the session sets it)."""
 
     def __init__(
         self,
@@ -444,6 +501,7 @@ class LLM:
         name: str = "default",
         defaults: dict[str, Any] | None = None,
         context: CallContext | None = None,
+        scope: CallScope | None = None,
     ) -> None:
         self.provider = provider
         self.provider_name = getattr(provider, "name", type(provider).__name__)
@@ -453,6 +511,7 @@ class LLM:
         self.name = name
         self.defaults = dict(defaults or {})
         self.context = context
+        self.scope = scope
 
     def __repr__(self) -> str:
         return f"LLM(name={self.name!r}, provider={self.provider_name!r}, model={self.model!r})"
@@ -464,8 +523,20 @@ class LLM:
     def bind(self, context: CallContext | None) -> LLM:
         """A copy of this LLM whose calls emit events into ``context`` (a run, a task)."""
         return LLM(
-            self.provider, model=self.model, retry=self.retry, name=self.name, defaults=self.defaults, context=context
+            self.provider,
+            model=self.model,
+            retry=self.retry,
+            name=self.name,
+            defaults=self.defaults,
+            context=context,
+            scope=self.scope,
         )
+
+    def with_retry(self, **changes: Any) -> LLM:
+        """A copy of this LLM with its retry policy changed (``max_retries=0``, say)."""
+        copy = self.bind(self.context)
+        copy.retry = self.retry.model_copy(update=changes)
+        return copy
 
     def request(
         self,
@@ -477,15 +548,15 @@ class LLM:
         **params: Any,
     ) -> LLMRequest:
         """Build the :class:`LLMRequest` a call would send (defaults and model applied)."""
+        if type(messages) is str and not (params or tools or response_format or response_model or self.defaults):
+            return LLMRequest([Message("user", messages)], self.model)  # the common case, cheaply
         if response_model is not None and response_format is None:
             schema = response_model.model_json_schema()
             response_format = {"name": getattr(response_model, "__name__", "output"), "schema": schema}
         if isinstance(messages, LLMRequest):
             # A copy: the caller's request is never changed; explicit arguments win over it.
             given = dict(params)
-            fields = {
-                k: given.pop(k) for k in ("temperature", "max_tokens", "stop", "seed", "tool_choice") if k in given
-            }
+            fields = {k: given.pop(k) for k in _PARAMS if k in given}
             return dataclasses.replace(
                 messages,
                 model=given.pop("model", None) or messages.model or self.model,
@@ -494,19 +565,17 @@ class LLM:
                 extra={**messages.extra, **given},
                 **fields,
             )
-        merged = {**self.defaults, **params}
-        known = {k: merged.pop(k) for k in ("temperature", "max_tokens", "stop", "seed", "tool_choice") if k in merged}
+        merged = {**self.defaults, **params} if self.defaults else dict(params)
+        known = {k: merged.pop(k) for k in _PARAMS if k in merged} if merged else {}
         msgs = coerce_messages(messages)
         if response_format is not None and not self.provider.capabilities.structured_output:
             # Graceful degradation: ask for the schema in words when the API cannot enforce it.
-            msgs = [
-                Message(
-                    "system",
-                    "Reply with only a JSON value matching this JSON schema:\n"
-                    + json.dumps(response_format.get("schema", response_format)),
-                ),
-                *msgs,
-            ]
+            if response_format.get("type") == "json_object":
+                instruction = "Reply with only a JSON object."
+            else:
+                schema_text = json.dumps(response_format.get("schema", response_format))
+                instruction = "Reply with only a JSON value matching this JSON schema:\n" + schema_text
+            msgs = [Message("system", instruction), *msgs]
         return LLMRequest(
             messages=msgs,
             model=merged.pop("model", None) or self.model,
@@ -515,6 +584,10 @@ class LLM:
             extra=merged,
             **known,
         )
+
+    # The sync and async twins below are shells of the same few steps: every decision
+    # (retry or raise, typed errors, timing, usage, events, the standalone scope) is made
+    # in one place, :class:`_Call`; a twin only calls the provider and waits its own way.
 
     # ---- sync -------------------------------------------------------------------------
 
@@ -529,22 +602,16 @@ class LLM:
         validated into ``response.parsed`` or :class:`StructuredOutputError` is raised."""
         request = self.request(messages, response_model=response_model, **params)
         call = _Call(self, request)
-        provider = self.provider
-        attempt = 0
+        generate = self.provider.generate
         while True:
             try:
                 call.check_cancel()
-                call.on_response(provider.generate(request))
+                answer = generate(request)
                 break
             except Exception as exc:
-                err = _as_provider_error(exc, self.provider_name)
-                attempt += 1
-                delay = call.retry_wait(err, attempt)
-                if delay is None:
-                    _raise(call.fail(err), exc)
-                self._sleep(delay)
-        response = call.finish()
-        return self._parse(response, request, response_model)
+                self._sleep(call.retry_or_raise(exc))
+        response = call.complete(answer)
+        return response if request.response_format is None else self._parse(response, request, response_model)
 
     def stream(self, messages: str | Sequence[Message | dict[str, Any]] | LLMRequest, **params: Any) -> LLMStream[Any]:
         """Stream an answer chunk by chunk; retried only until the first token arrives."""
@@ -555,18 +622,17 @@ class LLM:
     def _stream(self, request: LLMRequest, holder: list[LLMResponse]) -> Iterator[LLMChunk]:
         call = _Call(self, request)
         provider = self.provider
-        streaming = provider.capabilities.streaming
-        attempt = 0
+        cancel = call.ctx.cancel_event if call.ctx is not None else None
+        on_chunk = call.on_chunk
         while True:
             iterator: Iterator[LLMChunk] | None = None
             try:
-                call.check_cancel()
-                if streaming:
+                if cancel is not None:
+                    call.check_cancel()
+                if provider.capabilities.streaming:
                     iterator = provider.stream(request)
                 else:
                     iterator = iter((response_as_chunk(provider.generate(request)),))
-                cancel = call.ctx.cancel_event if call.ctx is not None else None
-                on_chunk = call.on_chunk
                 for chunk in iterator:
                     if cancel is not None and cancel.is_set():
                         call.check_cancel()
@@ -579,12 +645,7 @@ class LLM:
                 raise
             except Exception as exc:
                 _close(iterator)
-                err = _as_provider_error(exc, self.provider_name)
-                attempt += 1
-                delay = None if call.started else call.retry_wait(err, attempt)
-                if delay is None:
-                    _raise(call.fail(err), exc)
-                self._sleep(delay)
+                self._sleep(call.retry_or_raise(exc))
         holder.append(call.finish())
 
     def _sleep(self, delay: float) -> None:
@@ -607,25 +668,19 @@ class LLM:
         """Async twin of :meth:`generate`."""
         request = self.request(messages, response_model=response_model, **params)
         call = _Call(self, request)
-        provider = self.provider
-        attempt = 0
+        agenerate = self.provider.agenerate
         while True:
             try:
                 call.check_cancel()
-                call.on_response(await provider.agenerate(request))
+                answer = await agenerate(request)
                 break
             except asyncio.CancelledError:
                 call.finish(cancelled=True)
                 raise
             except Exception as exc:
-                err = _as_provider_error(exc, self.provider_name)
-                attempt += 1
-                delay = call.retry_wait(err, attempt)
-                if delay is None:
-                    _raise(call.fail(err), exc)
-                await asyncio.sleep(delay)
-        response = call.finish()
-        return self._parse(response, request, response_model)
+                await asyncio.sleep(call.retry_or_raise(exc))
+        response = call.complete(answer)
+        return response if request.response_format is None else self._parse(response, request, response_model)
 
     def astream(
         self, messages: str | Sequence[Message | dict[str, Any]] | LLMRequest, **params: Any
@@ -638,18 +693,17 @@ class LLM:
     async def _astream(self, request: LLMRequest, holder: list[LLMResponse]) -> AsyncIterator[LLMChunk]:
         call = _Call(self, request)
         provider = self.provider
-        streaming = provider.capabilities.streaming
-        attempt = 0
+        cancel = call.ctx.cancel_event if call.ctx is not None else None
+        on_chunk = call.on_chunk
         while True:
             iterator: AsyncIterator[LLMChunk] | None = None
             try:
-                call.check_cancel()
-                if streaming:
+                if cancel is not None:
+                    call.check_cancel()
+                if provider.capabilities.streaming:
                     iterator = provider.astream(request)
                 else:
                     iterator = _one(response_as_chunk(await provider.agenerate(request)))
-                cancel = call.ctx.cancel_event if call.ctx is not None else None
-                on_chunk = call.on_chunk
                 async for chunk in iterator:
                     if cancel is not None and cancel.is_set():
                         call.check_cancel()
@@ -662,12 +716,7 @@ class LLM:
                 raise
             except Exception as exc:
                 await _aclose(iterator)
-                err = _as_provider_error(exc, self.provider_name)
-                attempt += 1
-                delay = None if call.started else call.retry_wait(err, attempt)
-                if delay is None:
-                    _raise(call.fail(err), exc)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(call.retry_or_raise(exc))
         holder.append(call.finish())
 
     # ---- helpers ----------------------------------------------------------------------

@@ -101,8 +101,9 @@ class CallMetrics:
 class AmshaMetrics:
     """Metrics of one run: per call, per task and in total.
 
-    ``ttft_s`` is the time from the run's start to its first streamed token; ``latency_s``
-    the run's wall time; ``errors`` counts failed calls (a retried failure counts as a retry).
+    ``ttft_s`` is the time from the run's start to its first output: the first streamed
+    token, or, for calls that do not stream (a BACKGROUND LangGraph run's), the moment the
+    first answer arrived; ``latency_s`` the run's wall time; ``errors`` counts failed calls (a retried failure counts as a retry).
     """
 
     run_id: str
@@ -178,6 +179,11 @@ class MetricsCollector:
             call.ttft_s = event.data.get("ttft_s")
             if kind == "llm.failed":
                 call.error = (event.data.get("error") or {}).get("type", "error")
+            elif self._started is not None and call.latency_s is not None and call.ttft_s is not None:
+                # A call that did not stream has no token events: its output came at its ttft.
+                first = event.ts - call.latency_s + call.ttft_s - self._started
+                if self.metrics.ttft_s is None or first < self.metrics.ttft_s:
+                    self.metrics.ttft_s = max(0.0, first)
             self.metrics.calls.append(call)
             self.metrics.total.add_call(call)
             if call.task is not None:

@@ -117,7 +117,15 @@ class Usage:
     estimated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        # Spelled out: it is on every call's event path (fields() is slower).
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "estimated": self.estimated,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Usage:
@@ -129,9 +137,13 @@ _USAGE_FIELDS = {f.name for f in fields(Usage)}
 
 @dataclass(slots=True)
 class LLMRequest:
-    """What to ask the model. ``response_format`` is a JSON schema for structured output.
+    """What to ask the model. ``response_format`` is a JSON schema for structured output
+    (``{"name", "schema"}``, or ``{"type": "json_object"}`` for any JSON object).
 
     ``extra`` carries provider-specific parameters, passed through untouched.
+    ``timeout_s``: how long a provider that talks to a server may wait for this request
+    (None: its configured timeout); it does not change the answer, so it is left out of
+    :meth:`fingerprint`.
     """
 
     messages: list[Message]
@@ -144,8 +156,16 @@ class LLMRequest:
     stop: list[str] | None = None
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._answer_dict()
+        if self.timeout_s is not None:
+            data["timeout_s"] = self.timeout_s
+        return data
+
+    def _answer_dict(self) -> dict[str, Any]:
+        """What decides the answer (every field but ``timeout_s``)."""
         return {
             "messages": [m.to_dict() for m in self.messages],
             "model": self.model,
@@ -173,11 +193,12 @@ class LLMRequest:
             stop=data.get("stop"),
             seed=data.get("seed"),
             extra=dict(data.get("extra") or {}),
+            timeout_s=data.get("timeout_s"),
         )
 
     def fingerprint(self) -> str:
         """A stable hash of the request (messages, tools, schema, parameters), for replay."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        blob = json.dumps(self._answer_dict(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -251,7 +272,14 @@ class ProviderCapabilities:
     usage_in_response: bool = False
 
     def to_dict(self) -> dict[str, bool]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            "streaming": self.streaming,
+            "tools": self.tools,
+            "structured_output": self.structured_output,
+            "usage_in_stream": self.usage_in_stream,
+            "usage_in_response": self.usage_in_response,
+            "native_async": self.native_async,
+        }
 
 
 @runtime_checkable
@@ -262,7 +290,8 @@ class ILLMProvider(Protocol):
     the event loop. ``stream`` returns an iterator whose ``close()`` (or, for ``astream``,
     ``aclose()``) must release the underlying connection at once: that is how cancel works.
     Errors must be :class:`~amsha.errors.ProviderError` subclasses, with ``retryable`` set
-    right, so the wrapper's single retry policy can act on them.
+    right, so the wrapper's single retry policy can act on them. ``generate`` returns a fresh
+    :class:`LLMResponse` each call: the wrapper completes it in place (timing, retries).
 
     Optional: a ``retry_config`` attribute (a :class:`~amsha.RetryConfig`, or None) is the
     provider's own default retry policy, used by the wrapper when the config's ``retry``

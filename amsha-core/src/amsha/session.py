@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from . import _loop
-from ._run import _elsewhere, _Run, run_spec
+from ._run import _elsewhere, _Run, _run_links, run_spec
 from ._scrub import scrubbing_store
 from .config import AmshaConfig, LLMConfig, ProviderConfig, load_config
 from .errors import (
@@ -41,6 +41,7 @@ from .errors import (
 from .events import Event, Observer
 from .handle import ExecutionHandle, ExecutionMode
 from .llm import LLM
+from .metrics import UsageTotals
 from .observe import ObserverChannel, ObserverError, observer_name
 from .orchestrator import IOrchestrator
 from .plugins import BackendContext, PluginSet, load_plugins
@@ -48,6 +49,7 @@ from .provider import ILLMProvider
 from .registry import Registry
 from .runcontrol import EventWriter, StoreRun
 from .secrets import read_secret_refs, secret_env_refs
+from .standalone import StandaloneScope
 from .state import (
     CancelOutcome,
     ExecutionState,
@@ -133,6 +135,10 @@ class ExecutionSession:
         # Observers passed in code see runs handed to workers through the store tail (the
         # worker runs the config's observers itself).
         self._code_channels = self._channels[len(cfg.observers) :]
+        # LLM calls made outside any run reach the same observers (see amsha.standalone).
+        self._standalone = StandaloneScope(
+            [channel.submit for channel in self._channels], lambda scope_id: _run_links(self.observers, scope_id)
+        )
 
     # ---- construction -------------------------------------------------------------------
 
@@ -170,7 +176,10 @@ class ExecutionSession:
     def llm(self, name: str | None = None) -> LLM:
         """The execution-aware :class:`LLM` for the default provider, or a named ``llms`` entry.
 
-        Usable on its own, outside any run: ``session.llm().generate("hi")``.
+        Usable on its own, outside any run: ``session.llm().generate("hi")``. Each such call
+        emits its events to the session's observers in a scope of its own (``run.started``
+        with mode ``standalone``, the ``llm.*`` events, ``run.finished`` with its metrics),
+        and its usage is summed in :attr:`llm_totals`; see :mod:`amsha.standalone`.
         """
         if name is not None and name not in self._llm_configs:
             raise InputError(
@@ -186,7 +195,7 @@ class ExecutionSession:
                 # The config's own retry section for this LLM wins, then the provider's declared
                 # policy (its options), then the top-level ``retry``.
                 retry = pcfg.retry or getattr(provider, "retry_config", None) or self.config.retry
-                llm = LLM(provider, model=pcfg.model, retry=retry, name=name or "default")
+                llm = LLM(provider, model=pcfg.model, retry=retry, name=name or "default", scope=self._standalone)
                 self._providers[name] = llm
             return llm
 
@@ -394,6 +403,11 @@ class ExecutionSession:
             if not channel.flush(remaining):
                 return False
         return True
+
+    @property
+    def llm_totals(self) -> UsageTotals:
+        """Usage, latency, retries and errors of the LLM calls made outside any run."""
+        return self._standalone.totals
 
     @property
     def observer_errors(self) -> list[ObserverError]:

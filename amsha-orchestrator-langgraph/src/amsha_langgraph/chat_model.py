@@ -54,15 +54,30 @@ LLMResolver = Callable[[Mapping[str, Any]], LLM]
 orchestrator to link each call to the graph node that makes it)."""
 
 
-def _text(content: Any) -> str:
+_AI_BOOKKEEPING = frozenset({"tool_use", "tool_call", "tool_call_chunk", "function_call", "reasoning", "thinking"})
+"""Content blocks of an AI message that carry no text to send back: tool calls travel in
+``tool_calls``, and a model's reasoning is not part of the conversation sent to another."""
+
+
+def _text(content: Any, where: str = "the message", *, ai: bool = False) -> str:
+    """The text of a message's content. A block Amsha cannot send (an image, audio, a file)
+    raises :class:`InputError` naming the message and block: Amsha's messages carry text,
+    and a dropped image would change the question without a word."""
     if isinstance(content, str):
         return content
     parts = []
-    for block in content or []:
+    for i, block in enumerate(content or []):
         if isinstance(block, str):
             parts.append(block)
-        elif isinstance(block, dict) and block.get("type") == "text":
+            continue
+        kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+        if kind == "text":
             parts.append(str(block.get("text", "")))
+        elif not (ai and kind in _AI_BOOKKEEPING):
+            raise InputError(
+                f"AmshaChatModel: {where} has a content block of type {kind!r} (block {i}); Amsha messages "
+                "carry text only, so send text blocks (or a string)"
+            )
     return "".join(parts)
 
 
@@ -70,24 +85,28 @@ def from_langchain_messages(messages: Sequence[BaseMessage]) -> list[Message]:
     """LangChain messages as Amsha :class:`~amsha.Message` objects (tool calls and tool
     results included)."""
     out: list[Message] = []
-    for m in messages:
+    for n, m in enumerate(messages):
+        where = f"messages[{n}] ({type(m).__name__})"
         if isinstance(m, SystemMessage):
-            out.append(Message("system", _text(m.content)))
+            out.append(Message("system", _text(m.content, where)))
         elif isinstance(m, HumanMessage):
-            out.append(Message("user", _text(m.content), name=m.name))
+            out.append(Message("user", _text(m.content, where), name=m.name))
         elif isinstance(m, AIMessage):
             calls = [
                 ToolCall(id=c.get("id") or f"call_{i}", name=c["name"], arguments=json.dumps(c.get("args") or {}))
                 for i, c in enumerate(m.tool_calls)
             ]
-            out.append(Message("assistant", _text(m.content) or (None if calls else ""), tool_calls=calls or None))
+            text = _text(m.content, where, ai=True)
+            out.append(Message("assistant", text or (None if calls else ""), tool_calls=calls or None))
         elif isinstance(m, ToolMessage):
-            content = _text(m.content)
-            if m.status == "error" and not content.startswith("error"):
-                content = f"error: {content}"
+            # Sent as it is, as langchain-openai sends it: the Chat Completions protocol has
+            # no error flag, and a failed tool's text (LangGraph's "Error: ...") says so.
+            content = _text(m.content, where)
+            if m.status == "error" and not content:
+                content = "error"
             out.append(Message("tool", content, tool_call_id=m.tool_call_id))
         elif isinstance(m, ChatMessage) and m.role in ("system", "user", "assistant"):
-            out.append(Message(m.role, _text(m.content)))  # type: ignore[arg-type]
+            out.append(Message(m.role, _text(m.content, where, ai=m.role == "assistant")))  # type: ignore[arg-type]
         else:
             raise InputError(
                 f"AmshaChatModel: cannot send a {type(m).__name__} (role {getattr(m, 'role', m.type)!r}); "
@@ -167,9 +186,17 @@ class AmshaChatModel(BaseChatModel):
     ``config`` (an Amsha config dict) and optionally ``llm_name`` to build one. Call
     parameters (``temperature``, ``max_tokens``, ``stop``, ``seed``, ``model``, and
     ``response_format`` as ``{"name": ..., "schema": ...}``) pass through to the request.
+
+    The usual chat-model constructor arguments mean what they mean elsewhere: ``stop`` (or
+    ``stop_sequences``); ``max_retries`` (Amsha's retry policy for this model's calls, the
+    rest of the policy as configured); ``timeout`` (seconds, sent with each request: a
+    provider that talks to a server waits that long, as with its ``timeout_s`` option);
+    ``streaming=True`` (``invoke`` streams, so callbacks get every token). ``api_key`` is
+    refused: Amsha reads keys from the environment variable its config names
+    (``provider.options.api_key_env``), so a key never sits in code or in a model's fields.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
     llm: Any = Field(default=None, exclude=True, description="the amsha.LLM every call goes through")
     config: dict[str, Any] | None = Field(default=None, description="an Amsha config to build the LLM from")
@@ -178,9 +205,22 @@ class AmshaChatModel(BaseChatModel):
     temperature: float | None = None
     max_tokens: int | None = None
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    max_retries: int | None = Field(default=None, ge=0, le=100, description="retries after the first attempt")
+    timeout: float | None = Field(default=None, gt=0, description="seconds each request may take (sent with it)")
+    streaming: bool = Field(default=False, description="invoke() streams (callbacks get each token)")
     resolver: Any = Field(default=None, exclude=True, description="picks the LLM per call from callback metadata")
 
     _session: Any = PrivateAttr(default=None)
+
+    def __init__(self, **data: Any) -> None:
+        for key in ("api_key", "openai_api_key"):
+            if data.get(key) is not None:
+                raise InputError(
+                    f"AmshaChatModel does not take {key}: Amsha reads the key from the environment variable "
+                    "named in its config (provider.options.api_key_env, OPENAI_API_KEY by default), so set "
+                    "that variable instead"
+                )
+        super().__init__(**data)
 
     def model_post_init(self, context: Any) -> None:
         # Built now, so the config (and Amsha's environment overrides) is read at construction.
@@ -225,8 +265,11 @@ class AmshaChatModel(BaseChatModel):
             if metadata is None:
                 metadata = ensure_config().get("metadata") or {}
             llm: LLM = self.resolver(metadata)
-            return llm
-        return self._base_llm()
+        else:
+            llm = self._base_llm()
+        if self.max_retries is not None and llm.retry.max_retries != self.max_retries:
+            llm = llm.with_retry(max_retries=self.max_retries)
+        return llm
 
     def _params(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         params: dict[str, Any] = {}
@@ -234,6 +277,8 @@ class AmshaChatModel(BaseChatModel):
             value = getattr(self, key)
             if value is not None:
                 params[key] = value
+        if self.timeout is not None:
+            params["timeout_s"] = self.timeout
         stops = stop or self.stop
         if stops:
             params["stop"] = list(stops)
@@ -352,7 +397,7 @@ class AmshaChatModel(BaseChatModel):
         fmt: dict[str, Any]
         pydantic_model = isinstance(schema, type) and is_basemodel_subclass(schema)
         if method == "json_mode":
-            fmt = {"name": "json", "schema": {"type": "object"}}
+            fmt = {"type": "json_object"}  # any JSON object, as OpenAI's JSON mode
         else:
             json_schema = convert_to_json_schema(schema)
             fmt = {"name": json_schema.get("title", "output"), "schema": json_schema}

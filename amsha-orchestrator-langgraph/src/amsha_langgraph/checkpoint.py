@@ -14,8 +14,17 @@ Layout (every id is percent-encoded, so it contains no ``/`` and never starts wi
 - the pending writes of one checkpoint are the latest version of
   ``lgw.<thread>.<ns>.<checkpoint id>`` (each ``put_writes`` adds a version holding all
   writes so far, each value as JSON text, with optimistic concurrency);
+- the namespaces a thread has checkpoints in are the latest version of
+  ``lgns.<thread>`` (a list, written when a saver first puts into a namespace it has not
+  seen), so ``list()`` without ``checkpoint_ns`` covers them all;
 - every version is written with ``run_id = "lgthread.<thread>"``, so ``delete_thread``
   is the store's ``delete_run`` of that id.
+
+It answers as LangGraph's own savers (``InMemorySaver``, ``SqliteSaver``) do: ``list()``
+given a thread and no ``checkpoint_ns`` lists every namespace of the thread; results come
+newest checkpoint id first; putting a checkpoint id again replaces that checkpoint (one
+entry, the last one put). Checked by LangGraph's ``langgraph-checkpoint-conformance`` suite
+and side by side with ``InMemorySaver`` in this plugin's tests.
 
 Values are stored as JSON, never pickle or msgpack (:class:`JsonCheckpointSerializer`):
 LangChain messages through langchain-core's ``message_to_dict`` form, LangGraph's ``Send``, ``Interrupt`` and ``Command``, tuples,
@@ -247,6 +256,8 @@ class AmshaCheckpointSaver(BaseCheckpointSaver[str]):
         """Per checkpoints id: channel -> (version, JSON text) last written."""
         self._writes: OrderedDict[str, tuple[int, list[list[Any]]]] = OrderedDict()
         """Per writes id: (store version, rows) last written by this saver."""
+        self._namespaces: OrderedDict[str, frozenset[str]] = OrderedDict()
+        """Per thread: the namespaces known to be in its index."""
 
     @staticmethod
     def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
@@ -273,6 +284,10 @@ class AmshaCheckpointSaver(BaseCheckpointSaver[str]):
     @staticmethod
     def _writes_id(thread_id: str, ns: str, checkpoint_id: str) -> str:
         return f"lgw.{_enc(thread_id)}.{_enc(ns)}.{_enc(checkpoint_id)}"
+
+    @staticmethod
+    def _namespaces_id(thread_id: str) -> str:
+        return f"lgns.{_enc(thread_id)}"
 
     @staticmethod
     def thread_marker(thread_id: str) -> str:
@@ -354,28 +369,78 @@ class AmshaCheckpointSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
+        """The checkpoints of ``config``'s thread, newest checkpoint id first: of its
+        ``checkpoint_ns`` when the config names one, else of every namespace of the thread.
+        ``filter`` matches metadata keys; ``before`` keeps ids below its checkpoint id."""
         if config is None:
             raise InputError(
                 "AmshaCheckpointSaver.list needs a config with configurable.thread_id "
                 "(a state store keeps no index of threads)"
             )
-        thread_id, ns = self._ids(config)
-        state_id = self.checkpoints_id(thread_id, ns)
+        thread_id, _ = self._ids(config)
+        conf = config.get("configurable") or {}
+        ns_given = conf.get("checkpoint_ns")
+        namespaces = [str(ns_given)] if ns_given is not None else self._thread_namespaces(thread_id)
         wanted = get_checkpoint_id(config)
         before_id = get_checkpoint_id(before) if before else None
-        for snap in reversed(self.store.list_versions(state_id)):
+        found: list[tuple[str, str, str, int]] = []  # (checkpoint id, ns, state id, version)
+        for ns in namespaces:
+            state_id = self.checkpoints_id(thread_id, ns)
+            seen: set[str] = set()
+            # Newest version first: a checkpoint id put again is the version put last.
+            for snap in reversed(self.store.list_versions(state_id)):
+                checkpoint_id = snap.reason.removeprefix("checkpoint ")
+                if checkpoint_id in seen:
+                    continue
+                seen.add(checkpoint_id)
+                if (wanted and checkpoint_id != wanted) or (before_id and checkpoint_id >= before_id):
+                    continue
+                found.append((checkpoint_id, ns, state_id, snap.version))
+        found.sort(key=lambda f: f[0], reverse=True)
+        for _checkpoint_id, ns, state_id, version in found:
             if limit is not None and limit <= 0:
                 return
-            checkpoint_id = snap.reason.removeprefix("checkpoint ")
-            if (wanted and checkpoint_id != wanted) or (before_id and checkpoint_id >= before_id):
-                continue
-            data = self.store.get_state(state_id, snap.version).data
+            data = self.store.get_state(state_id, version).data
             item = self._tuple(thread_id, ns, data)
             if filter and not all(item.metadata.get(k) == v for k, v in filter.items()):  # type: ignore[misc]
                 continue
             if limit is not None:
                 limit -= 1
             yield item
+
+    def _thread_namespaces(self, thread_id: str) -> list[str]:
+        """Every namespace ``thread_id`` has checkpoints in, root first (the root is always
+        looked at: checkpoints written before the index existed are all there)."""
+        snap = self._latest(self._namespaces_id(thread_id))
+        listed = snap.data.get("namespaces", []) if snap is not None else []
+        return ["", *(str(ns) for ns in listed if ns != "")]
+
+    def _index_namespace(self, thread_id: str, ns: str) -> None:
+        """Add ``ns`` to the thread's namespace index (once per saver and namespace)."""
+        known = self._namespaces.get(thread_id)
+        if known is not None and ns in known:
+            return
+        state_id = self._namespaces_id(thread_id)
+        for _ in range(20):
+            snap = self._latest(state_id)
+            listed = [str(n) for n in snap.data.get("namespaces", [])] if snap is not None else []
+            if ns in listed:
+                break
+            try:
+                self.store.put_state(
+                    state_id,
+                    {"schema": 1, "namespaces": [*listed, ns]},
+                    expected_version=snap.version if snap is not None else 0,
+                    run_id=self.thread_marker(thread_id),
+                    reason="namespaces",
+                )
+                listed.append(ns)
+                break
+            except VersionConflictError:
+                continue  # another writer added one: read it and try again
+        else:
+            raise StateError(f"{state_id!r}: could not index namespace {ns!r} after 20 conflicting writers")
+        self._remember(self._namespaces, thread_id, frozenset(listed))
 
     def put(
         self,
@@ -394,6 +459,8 @@ class AmshaCheckpointSaver(BaseCheckpointSaver[str]):
             "checkpoint": self._checkpoint_text(state_id, checkpoint),
             "metadata": self.json.plain_text(dict(metadata)),
         }
+        if ns:
+            self._index_namespace(thread_id, ns)
         self._append(state_id, data, thread_id, f"checkpoint {checkpoint['id']}")
         # A checkpoint just written has no pending writes yet: the first put_writes need not
         # read (a writer in another process shows up as a version conflict).
@@ -487,6 +554,7 @@ class AmshaCheckpointSaver(BaseCheckpointSaver[str]):
         self._heads.clear()
         self._channels.clear()
         self._writes.clear()
+        self._namespaces.clear()
 
     def get_next_version(self, current: str | None, channel: None = None) -> str:
         # Zero-padded so versions compare as strings, with a random part so that a version

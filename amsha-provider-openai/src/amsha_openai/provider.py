@@ -215,17 +215,29 @@ class OpenAIProvider:
 
     def params(self, request: LLMRequest, *, stream: bool) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` for ``request``."""
+        messages = request.messages
         params: dict[str, Any] = {
             "model": request.model or self.model,
-            "messages": [_message(m, i) for i, m in enumerate(request.messages)],
+            "messages": (
+                [_message(messages[0], 0)] if len(messages) == 1 else [_message(m, i) for i, m in enumerate(messages)]
+            ),
         }
         defaults = self._defaults
-        for name in ("temperature", "max_tokens", "stop", "seed"):
-            value = getattr(request, name)
-            if value is None:
-                value = defaults.get(name)
-            if value is not None:
-                params[self.options.max_tokens_field if name == "max_tokens" else name] = value
+        if (
+            defaults
+            or request.temperature is not None
+            or request.max_tokens is not None
+            or request.stop is not None
+            or request.seed is not None
+        ):
+            for name in ("temperature", "max_tokens", "stop", "seed"):
+                value = getattr(request, name)
+                if value is None:
+                    value = defaults.get(name)
+                if value is not None:
+                    params[self.options.max_tokens_field if name == "max_tokens" else name] = value
+        if request.timeout_s is not None:
+            params["timeout"] = request.timeout_s  # this request's own, over the client's
         if request.tools:
             params["tools"] = [
                 {
@@ -446,18 +458,23 @@ class OpenAIProvider:
             )
         choice = choices[0]
         message = choice.message
-        calls = [
-            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "{}")
-            for c in (message.tool_calls or ())
-            if getattr(c, "function", None) is not None
-        ]
+        tool_calls = message.tool_calls
+        calls = (
+            [
+                ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "{}")
+                for c in tool_calls
+                if getattr(c, "function", None) is not None
+            ]
+            if tool_calls
+            else []
+        )
         usage = completion.usage
         return LLMResponse(
-            text=message.content or "",
-            tool_calls=calls,
-            finish_reason=choice.finish_reason,
-            usage=_usage(usage) if usage is not None else None,
-            model=completion.model,
+            message.content or "",
+            calls,
+            choice.finish_reason,
+            _usage(usage) if usage is not None else None,
+            completion.model,
         )
 
 
@@ -484,30 +501,29 @@ class _StreamState:
 
     def convert(self, raw: Any) -> LLMChunk | None:
         choices = raw.choices
-        if choices:
-            # The common case first, cheaply: a chunk of text and nothing else.
-            choice = choices[0]
-            delta = choice.delta
-            text = delta.content
-            if text and delta.tool_calls is None and choice.finish_reason is None and raw.usage is None:
-                if self.held or "\ud800" <= text[-1] <= "\udfff":
-                    text = self._whole(text)
-                    if not text:
-                        return None
-                self.parts.append(text)
-                self.started = True
-                return LLMChunk(text)
         usage = raw.usage
         if not choices:
             # The last chunk when include_usage is on: no choices, only usage.
-            if usage is None:
-                return None
-            return LLMChunk(usage=_usage(usage), model=raw.model)
+            return None if usage is None else LLMChunk("", None, None, _usage(usage), raw.model)
         choice = choices[0]
         delta = choice.delta
-        text = delta.content or ""
+        text = delta.content
+        tool_calls = delta.tool_calls
+        finish = choice.finish_reason
+        if tool_calls is None and finish is None and usage is None:
+            # The common cases, cheaply: a chunk of text and nothing else, or one with
+            # nothing to pass on (the first chunk carries only the role).
+            if not text:
+                return None
+            if self.held or "\ud800" <= text[-1] <= "\udfff":
+                text = self._whole(text)  # a surrogate pair split across two events
+                if not text:
+                    return None
+            self.parts.append(text)
+            self.started = True
+            return LLMChunk(text)
         tools = None
-        if delta.tool_calls:
+        if tool_calls:
             tools = [
                 ToolCallDelta(
                     index=t.index,
@@ -515,29 +531,24 @@ class _StreamState:
                     name=t.function.name if t.function is not None else None,
                     arguments=(t.function.arguments or "") if t.function is not None else "",
                 )
-                for t in delta.tool_calls
+                for t in tool_calls
             ]
-        finish = choice.finish_reason
         if text and (self.held or "\ud800" <= text[-1] <= "\udfff"):
             text = self._whole(text)
         if self.held and (finish or tools):
-            text, self.held = text + self.held, ""  # a lone high surrogate: the stream ends with it
+            text, self.held = (text or "") + self.held, ""  # a lone high surrogate: the stream ends with it
         if not (text or tools or finish or usage):
-            return None  # e.g. the first chunk, which carries only the role
+            return None
         if text:
             self.parts.append(text)
             self.started = True
         elif tools:
             self.started = True
+        elif not (finish or usage):
+            return None
         if finish:
             self.finish_reason = finish
-        return LLMChunk(
-            text=text,
-            tool_calls=tools,
-            finish_reason=finish,
-            usage=_usage(usage) if usage is not None else None,
-            model=raw.model,
-        )
+        return LLMChunk(text or "", tools, finish, _usage(usage) if usage is not None else None, raw.model)
 
     def check_complete(self, base_url: str) -> None:
         if self.finish_reason is None:
@@ -637,13 +648,11 @@ def _usage(usage: Any) -> Usage:
     prompt_details = getattr(usage, "prompt_tokens_details", None)
     completion_details = getattr(usage, "completion_tokens_details", None)
     return Usage(
-        input_tokens=usage.prompt_tokens or 0,
-        output_tokens=usage.completion_tokens or 0,
-        total_tokens=usage.total_tokens or 0,
-        cached_input_tokens=getattr(prompt_details, "cached_tokens", None) if prompt_details is not None else None,
-        reasoning_tokens=(
-            getattr(completion_details, "reasoning_tokens", None) if completion_details is not None else None
-        ),
+        usage.prompt_tokens or 0,
+        usage.completion_tokens or 0,
+        usage.total_tokens or 0,
+        getattr(prompt_details, "cached_tokens", None) if prompt_details is not None else None,
+        getattr(completion_details, "reasoning_tokens", None) if completion_details is not None else None,
     )
 
 
