@@ -24,6 +24,7 @@ PLUGINS = [
     "amsha-orchestrator-crewai",
     "amsha-orchestrator-langgraph",
     "amsha-state-sqlite",
+    "amsha-state-postgres",
     "amsha-observer-opentelemetry",
     "amsha-ui",
 ]
@@ -67,6 +68,7 @@ def plugin(session: nox.Session, dist: str) -> None:
         "amsha-orchestrator-crewai": "amsha_crewai",
         "amsha-orchestrator-langgraph": "amsha_langgraph",
         "amsha-state-sqlite": "amsha_sqlite",
+        "amsha-state-postgres": "amsha_postgres",
         "amsha-observer-opentelemetry": "amsha_otel",
         "amsha-ui": "amsha_ui",
     }[dist]

@@ -30,6 +30,7 @@ import harness
 MODULES = (
     "core",
     "sqlite_store",
+    "postgres_store",
     "openai_provider",
     "crewai_orchestrator",
     "langgraph_orchestrator",

@@ -421,9 +421,14 @@ def _watch(args: argparse.Namespace, session: Any) -> int:
     if renderer is not None:
         renderer.console.out("")
     if args.json:
-        record = session.get_run(args.run_id)
-        print(json.dumps({"run_id": record.run_id, "status": record.status}))
-        return 0 if record.status == "SUCCEEDED" else 1
+        # The terminal event is committed before the final record: wait for the record.
+        try:
+            handle.result()
+        except Exception:
+            pass
+        status = handle.status()
+        print(json.dumps({"run_id": args.run_id, "status": status}))
+        return 0 if status == "SUCCEEDED" else 1
     return _outcome(args, handle, print_metrics=True, print_error=True)
 
 
