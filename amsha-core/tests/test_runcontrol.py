@@ -192,3 +192,34 @@ def test_a_run_id_that_already_ended_is_not_run_again() -> None:
         with pytest.raises(LeaseLostError, match="already ended"):
             session.run(inputs={"topic": "kelp"}, run_id="fixed-id")
         assert session.get_run("fixed-id").status == RunStatus.SUCCEEDED
+
+
+class FlakyStore(MemoryStore):
+    """The memory store with its event writes failing the first few times (a database that
+    was away for a moment)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def append_events(self, run_id: str, events: Any, *, owner: str | None = None) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StateError("the database is away for a moment")
+        super().append_events(run_id, events, owner=owner)
+
+
+class flaky_plugin:  # noqa: N801 - a plugin is a namespace of hooks
+    @staticmethod
+    @hookimpl
+    def amsha_register_state_stores(register: Any) -> None:
+        register("flaky", lambda ctx: FlakyStore(3))
+
+
+def test_events_whose_write_failed_are_written_later_in_order() -> None:
+    with ExecutionSession(slow(state={"name": "flaky"}), plugins=[flaky_plugin]) as session:
+        result = session.run(inputs={"topic": "kelp"}).result(timeout=30)
+        events = session.store.read_events(result.run_id)
+        assert session.store.inner.failures == 0
+        assert [e["seq"] for e in events] == list(range(len(events))), "no gap, none twice"
+        assert events[-1]["kind"] == "run.finished"

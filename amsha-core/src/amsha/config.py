@@ -142,7 +142,7 @@ class RunsConfig(_Strict):
         0.25, gt=0, le=60, description="the longest pause between reads of a run's events when tailing the store"
     )
     event_flush_s: float = Field(
-        0.02, ge=0, le=60, description="the longest a streamed token waits before it is written to the store"
+        0.01, ge=0, le=60, description="the longest an event waits before it is written to the store"
     )
 
 

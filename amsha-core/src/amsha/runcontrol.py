@@ -273,6 +273,11 @@ def _wake_up(future: asyncio.Future[None]) -> None:
 
 TOKEN_FLUSH = 64
 """A run's pending tokens are written at the latest when this many have gathered."""
+MAX_WRITE_FAILURES = 20
+"""A run's events whose write failed are kept and tried again with later flushes, at most this
+many times (the store's own retries come first)..."""
+MAX_HELD_EVENTS = 100_000
+"""...and while no more than this many of them wait."""
 
 
 class EventWriter:
@@ -334,18 +339,23 @@ class EventWriter:
                 batch, self._pending = self._pending, {}
             if not batch:
                 return
-            for run_id, exc in self._write(batch).items():
+            refused, failed = self._write(batch)
+            for run_id, exc in refused.items():
                 batch[run_id].on_lost(exc)
+            if failed:
+                self._requeue({run_id: batch[run_id] for run_id in failed})
 
-    def _write(self, batch: dict[str, _Pending]) -> dict[str, LeaseLostError]:
-        """Write ``batch``; returns the runs whose writes were refused (lease lost)."""
+    def _write(self, batch: dict[str, _Pending]) -> tuple[dict[str, LeaseLostError], list[str]]:
+        """Write ``batch``; returns the runs whose writes were refused (lease lost) and those
+        whose write failed otherwise (kept, to be written with the next flush)."""
         many = getattr(self.store, "append_events_batch", None)
         if many is not None and len(batch) > 1:
             try:
-                return dict(many([(run_id, p.events, p.owner) for run_id, p in batch.items()]))
+                return dict(many([(run_id, p.events, p.owner) for run_id, p in batch.items()])), []
             except Exception as exc:  # all or nothing: write run by run, so one run's fault stays its own
                 log.debug("amsha: a batched event write failed (%s); writing run by run", exc)
         refused: dict[str, LeaseLostError] = {}
+        failed: list[str] = []
         for run_id, pending in batch.items():
             try:
                 if pending.owner is not None:
@@ -354,9 +364,37 @@ class EventWriter:
                     self.store.append_events(run_id, pending.events)
             except LeaseLostError as exc:
                 refused[run_id] = exc
-            except Exception:
-                log.exception("amsha: run %s: could not persist %d events", run_id, len(pending.events))
-        return refused
+            except Exception as exc:
+                pending.failures += 1
+                if pending.failures <= MAX_WRITE_FAILURES and len(pending.events) <= MAX_HELD_EVENTS:
+                    log.warning(
+                        "amsha: run %s: could not persist %d events (%s); they are kept and written with "
+                        "the next flush",
+                        run_id,
+                        len(pending.events),
+                        exc,
+                    )
+                    failed.append(run_id)
+                else:
+                    log.error(
+                        "amsha: run %s: %d events could not be persisted after %d attempts (%s); the run's "
+                        "log in the store has a gap from seq %s",
+                        run_id,
+                        len(pending.events),
+                        pending.failures,
+                        exc,
+                        pending.events[0].get("seq"),
+                    )
+        return refused, failed
+
+    def _requeue(self, kept: dict[str, _Pending]) -> None:
+        """Put events whose write failed back in front of what came since, in order."""
+        with self._lock:
+            for run_id, old in kept.items():
+                newer = self._pending.pop(run_id, None)
+                if newer is not None:
+                    old.events.extend(newer.events)
+                self._pending[run_id] = old
 
 
 @dataclass(slots=True)
@@ -364,6 +402,7 @@ class _Pending:
     owner: str | None
     events: list[dict[str, Any]]
     on_lost: Callable[[LeaseLostError], object]
+    failures: int = 0
 
 
 # ---- the reader's side --------------------------------------------------------------------
