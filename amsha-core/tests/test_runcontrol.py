@@ -209,7 +209,7 @@ class FlakyStore(MemoryStore):
         super().append_events(run_id, events, owner=owner)
 
 
-class flaky_plugin:  # noqa: N801 - a plugin is a namespace of hooks
+class flaky_plugin:
     @staticmethod
     @hookimpl
     def amsha_register_state_stores(register: Any) -> None:
