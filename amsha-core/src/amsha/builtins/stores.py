@@ -584,7 +584,7 @@ class FileStore:
 
 
 def _body(record: RunRecord) -> RunRecord:
-    return RunRecord.from_dict(copy.deepcopy(record_body(redact_obj(record.to_dict()))))
+    return RunRecord.from_dict(_json_copy(record_body(redact_obj(record.to_dict()))))
 
 
 def _check_state(state_id: str, data: Any) -> None:
