@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import amsha_sqlite.store as store_module
 import pytest
+from amsha import delta
 from amsha_sqlite.store import SqliteStore
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -73,12 +73,12 @@ def deltas_only(depth: int) -> Iterator[None]:
     """Store every version as a delta on the one before, with a snapshot every ``depth + 1``
     versions, so the delta rows (removals, orders, chains) and their rewriting are exercised
     on states of any size."""
-    saved = store_module.MAX_DEPTH, store_module._DELTA_SHARE, store_module._CHAIN_SHARE
-    store_module.MAX_DEPTH, store_module._DELTA_SHARE, store_module._CHAIN_SHARE = depth, 1e18, 1e18
+    saved = delta.MAX_DEPTH, delta._DELTA_SHARE, delta._CHAIN_SHARE
+    delta.MAX_DEPTH, delta._DELTA_SHARE, delta._CHAIN_SHARE = depth, 1e18, 1e18
     try:
         yield
     finally:
-        store_module.MAX_DEPTH, store_module._DELTA_SHARE, store_module._CHAIN_SHARE = saved
+        delta.MAX_DEPTH, delta._DELTA_SHARE, delta._CHAIN_SHARE = saved
 
 
 @settings(max_examples=120, deadline=None)
